@@ -1,0 +1,310 @@
+"""The paper's optimizers: SGD-HD, SGDN-HD, Adam-HD, AdamW-HD.
+
+Each alias is :func:`hypergrad_optax._core.hypergradient_descent` over an
+Optax *direction* ``d_t`` (the update before the learning rate), with the
+update ``u_t = -α_t d_t`` and the paper's hypergradient
+``h_t = -g_t · d_{t-1}``. Where the direction's own state holds ``d_{t-1}``
+(Adam's moments, the momentum trace) it is recomputed instead of stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hypergrad_optax import _core
+from hypergrad_optax import _validation
+from hypergrad_optax._core import HypergradientState  # pylint: disable=unused-import
+
+_COMMON_ARGS_DOC = r"""
+    rule: ``'additive'`` (the paper, default) or ``'multiplicative'``
+      (``α_t = α_{t-1}(1 - β h_t / (‖g_t‖ ‖d_{t-1}‖))``, scale-free ``β``).
+    granularity: ``'global'`` (one ``α``, the paper, default),
+      ``'per-tensor'`` (one per parameter leaf) or ``'per-element'``.
+    min_rate: lower bound on ``α`` (default 0: the authors' runs saw negative
+      rates, i.e. gradient ascent), or None for the paper's unbounded rule.
+    max_rate: upper bound on ``α``, or None.
+    overshoot_guard: cap ``α_t`` at the secant minimiser of the loss along the
+      last step when that step overshot (off by default: not in the paper; see
+      :func:`hypergrad_optax.hypergradient`).
+"""
+
+
+def _is_zero(value: Any) -> bool:
+  """True for a concrete zero; traced values (inject_hyperparams) are not."""
+  return _validation.concrete_float(value) == 0.0
+
+
+def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
+              min_rate, max_rate, overshoot_guard, weight_decay=None,
+              previous_direction_fn=None, buffer_dtype=None):
+  """Checks the shared arguments and builds the alias over ``direction``."""
+  _validation.check_learning_rate(learning_rate)
+  _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
+                     min_rate=min_rate, max_rate=max_rate)
+  if weight_decay is not None:
+    _validation.check_non_negative("weight_decay", weight_decay)
+    if _is_zero(weight_decay):
+      weight_decay = None
+  return _core.hypergradient_descent(
+      direction,
+      state_cls=HypergradientState,
+      sign=-1.0,
+      initial_rate=learning_rate,
+      hyper_lr=hyper_lr,
+      rule=rule,
+      granularity=granularity,
+      min_rate=min_rate,
+      max_rate=max_rate,
+      previous_direction_fn=previous_direction_fn,
+      buffer_dtype=buffer_dtype,
+      weight_decay=weight_decay,
+      overshoot_guard=overshoot_guard,
+  )
+
+
+def _trace_direction(trace_state: optax.TraceState) -> optax.Updates:
+  # Heavy-ball momentum steps along the trace itself: d_{t-1} = v_{t-1}.
+  return trace_state.trace
+
+
+def _adam_direction(b1, b2, eps):
+  """Recomputes Adam's last direction ``m̂/(√v̂ + ε)`` from its state."""
+  def previous_direction(adam_state: optax.ScaleByAdamState):
+    # At count 0 the moments are zero, so clamping the count to 1 gives the
+    # exact d_0 = 0 without dividing by a zero bias correction.
+    count = jnp.maximum(adam_state.count, 1).astype(jnp.float32)
+    correction1 = 1 - jnp.asarray(b1, jnp.float32) ** count
+    correction2 = 1 - jnp.asarray(b2, jnp.float32) ** count
+
+    def leaf(m, v):
+      m_hat = m / correction1.astype(m.dtype)
+      v_hat = v / correction2.astype(v.dtype)
+      return m_hat / (jnp.sqrt(v_hat) + jnp.asarray(eps, v.dtype))
+    return jax.tree.map(leaf, adam_state.mu, adam_state.nu)
+  return previous_direction
+
+
+def sgd_hd(
+    learning_rate: jax.typing.ArrayLike = 1e-3,
+    hyper_lr: jax.typing.ArrayLike = 1e-3,
+    momentum: Optional[jax.typing.ArrayLike] = None,
+    nesterov: bool = False,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    *,
+    rule: str = "additive",
+    granularity: str = "global",
+    min_rate: Optional[jax.typing.ArrayLike] = 0.0,
+    max_rate: Optional[jax.typing.ArrayLike] = None,
+    overshoot_guard: bool = False,
+    buffer_dtype: Optional[Any] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""SGD-HD and SGDN-HD: SGD whose learning rate follows its hypergradient.
+
+  With gradient :math:`g_t` (plus coupled decay :math:`\lambda\theta_{t-1}`),
+  direction :math:`d_t = g_t` (plain), :math:`d_t = v_t` (momentum) or
+  :math:`d_t = g_t + \mu v_t` (Nesterov), :math:`v_t = \mu v_{t-1} + g_t`
+  (``optax.trace`` / PyTorch semantics), each step does
+
+  .. math::
+    h_t = -g_t \cdot d_{t-1}, \quad
+    \alpha_t = \alpha_{t-1} - \beta h_t, \quad
+    \theta_t = \theta_{t-1} - \alpha_t d_t,
+
+  with :math:`d_0 = 0`, so the first step uses :math:`\alpha_0`.
+
+  Memory beyond ``optax.sgd``: plain and Nesterov SGD keep
+  :math:`d_{t-1}` (one parameter-sized buffer); heavy-ball momentum keeps
+  none (:math:`d_{t-1}` is the trace). Plus the rate.
+
+  Args:
+    learning_rate: :math:`\alpha_0` (a number >= 0).
+    hyper_lr: :math:`\beta` (>= 0; 0 gives plain SGD).
+    momentum: :math:`\mu` in [0, 1), or None for plain SGD.
+    nesterov: Nesterov momentum (needs ``momentum``).
+    weight_decay: coupled L2 decay :math:`\lambda` added to the gradient
+      before everything, as ``torch.optim.SGD`` and the reference code do.
+  """ + _COMMON_ARGS_DOC + r"""
+    buffer_dtype: dtype in which to keep :math:`d_{t-1}` where it is stored.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`HypergradientState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import hypergrad_optax as hgo
+    >>> tx = hgo.sgd_hd(learning_rate=0.01, hyper_lr=0.01, momentum=0.9)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(2 * params, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(optax.tree_utils.tree_get(state, "learning_rate") > 0.01)
+    True
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018 (Algorithms 4-5).
+  """
+  if momentum is None or _is_zero(momentum):
+    if nesterov:
+      raise ValueError(
+          "nesterov=True needs momentum in (0, 1); got momentum="
+          f"{momentum!r}.")
+    direction, previous_direction_fn = optax.identity(), None
+  else:
+    _validation.check_unit_interval("momentum", momentum)
+    direction = optax.trace(decay=momentum, nesterov=nesterov)
+    # Nesterov's d_{t-1} = g_{t-1} + μ v_{t-1} needs g_{t-1}: stored.
+    previous_direction_fn = None if nesterov else _trace_direction
+  return _hd_alias(
+      direction, learning_rate=learning_rate, hyper_lr=hyper_lr, rule=rule,
+      granularity=granularity, min_rate=min_rate, max_rate=max_rate,
+      overshoot_guard=overshoot_guard,
+      weight_decay=weight_decay, previous_direction_fn=previous_direction_fn,
+      buffer_dtype=buffer_dtype)
+
+
+def _check_adam_args(b1, b2, eps):
+  _validation.check_unit_interval("b1", b1)
+  _validation.check_unit_interval("b2", b2)
+  _validation.check_non_negative("eps", eps)
+
+
+def adam_hd(
+    learning_rate: jax.typing.ArrayLike = 1e-3,
+    hyper_lr: jax.typing.ArrayLike = 1e-7,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    *,
+    rule: str = "additive",
+    granularity: str = "global",
+    min_rate: Optional[jax.typing.ArrayLike] = 0.0,
+    max_rate: Optional[jax.typing.ArrayLike] = None,
+    overshoot_guard: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam-HD: Adam whose learning rate follows its hypergradient.
+
+  With :math:`d_t = \hat m_t / (\sqrt{\hat v_t} + \epsilon)` Adam's
+  bias-corrected direction (``optax.scale_by_adam``), each step does
+
+  .. math::
+    h_t = -g_t \cdot \frac{\hat m_{t-1}}{\sqrt{\hat v_{t-1}} + \epsilon}, \quad
+    \alpha_t = \alpha_{t-1} - \beta h_t, \quad
+    \theta_t = \theta_{t-1} - \alpha_t d_t,
+
+  with one scalar :math:`h_t` over the whole pytree (the paper's Algorithm 6,
+  not the reference code's per-tensor in-loop update). The previous direction
+  is recomputed from Adam's moments, so there is no buffer beyond Adam's own:
+  the state is Adam's plus the rate and a count.
+
+  Args:
+    learning_rate: :math:`\alpha_0` (a number >= 0).
+    hyper_lr: :math:`\beta` (>= 0; the paper uses 1e-7 for MLPs, 1e-8 for
+      VGG; 0 gives Adam).
+    b1: Adam's first-moment decay, in [0, 1).
+    b2: Adam's second-moment decay, in [0, 1).
+    eps: Adam's :math:`\epsilon` (>= 0).
+    weight_decay: coupled L2 decay :math:`\lambda` added to the gradient
+      before everything, as the reference code does (see :func:`adamw_hd` for
+      decoupled decay).
+  """ + _COMMON_ARGS_DOC + r"""
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`HypergradientState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import hypergrad_optax as hgo
+    >>> tx = hgo.adam_hd(learning_rate=0.01, hyper_lr=1e-3)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(2 * params, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(optax.tree_utils.tree_get(state, "learning_rate") > 0.01)
+    True
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018 (Algorithm 6).
+  """
+  _check_adam_args(b1, b2, eps)
+  return _hd_alias(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      learning_rate=learning_rate, hyper_lr=hyper_lr, rule=rule,
+      granularity=granularity, min_rate=min_rate, max_rate=max_rate,
+      overshoot_guard=overshoot_guard,
+      weight_decay=weight_decay,
+      previous_direction_fn=_adam_direction(b1, b2, eps))
+
+
+def adamw_hd(
+    learning_rate: jax.typing.ArrayLike = 1e-3,
+    hyper_lr: jax.typing.ArrayLike = 1e-7,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 1e-4,
+    *,
+    rule: str = "additive",
+    granularity: str = "global",
+    min_rate: Optional[jax.typing.ArrayLike] = 0.0,
+    max_rate: Optional[jax.typing.ArrayLike] = None,
+    overshoot_guard: bool = False,
+    buffer_dtype: Optional[Any] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdamW-HD: Adam-HD with decoupled weight decay in the direction.
+
+  The direction is :math:`d_t = \hat m_t / (\sqrt{\hat v_t} + \epsilon) +
+  \lambda \theta_{t-1}` (``optax.adamw``'s), so the decay is scaled by the
+  adapted rate and enters the hypergradient :math:`h_t = -g_t \cdot d_{t-1}`.
+
+  Memory beyond ``optax.adamw``: :math:`d_{t-1}` (one parameter-sized buffer,
+  since the decay term depends on past parameters) and the rate.
+
+  Args:
+    learning_rate: :math:`\alpha_0` (a number >= 0).
+    hyper_lr: :math:`\beta` (>= 0).
+    b1: Adam's first-moment decay, in [0, 1).
+    b2: Adam's second-moment decay, in [0, 1).
+    eps: Adam's :math:`\epsilon` (>= 0).
+    weight_decay: decoupled decay :math:`\lambda` (>= 0).
+  """ + _COMMON_ARGS_DOC + r"""
+    buffer_dtype: dtype in which to keep :math:`d_{t-1}`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`HypergradientState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import hypergrad_optax as hgo
+    >>> tx = hgo.adamw_hd(learning_rate=0.01, hyper_lr=1e-3)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(2 * params, state, params)
+    >>> print(optax.tree_utils.tree_get(state, "learning_rate"))
+    0.01
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018; Loshchilov and Hutter,
+    `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  _check_adam_args(b1, b2, eps)
+  _validation.check_non_negative("weight_decay", weight_decay)
+  direction = optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                          optax.add_decayed_weights(weight_decay))
+  return _hd_alias(
+      direction, learning_rate=learning_rate, hyper_lr=hyper_lr, rule=rule,
+      granularity=granularity, min_rate=min_rate, max_rate=max_rate,
+      overshoot_guard=overshoot_guard,
+      buffer_dtype=buffer_dtype)

@@ -1,0 +1,318 @@
+"""The one mechanism behind every hypergradient optimizer in this package.
+
+A hypergradient optimizer is a *direction* transform ``D`` (an Optax
+transform: ``scale_by_adam``, ``trace``, an identity, or a whole user
+optimizer) whose output is scaled by an adapted *rate* ``r``::
+
+  u_t = sign * r_t ⊙ D(g_t)
+
+The rate moves before it is used, by (hyper)gradient descent on the loss::
+
+  h_t = ∂f(θ_{t-1}) / ∂r_{t-1} = sign * g_t · D_{t-1}
+  additive:        r_t = r_{t-1} - β h_t
+  multiplicative:  r_t = r_{t-1} (1 - β h_t / (‖g_t‖ ‖D_{t-1}‖))
+
+The aliases (``sgd_hd``, ``adam_hd``, ...) use ``sign = -1`` and a rate that
+is the learning rate ``α``; the generic :func:`hypergradient` wrapper uses
+``sign = +1`` on an already-signed update and a dimensionless scale ``s``.
+
+``D_{t-1}`` is either kept in the state or, when the direction's own state
+allows, recomputed from it (Adam's moments, the momentum trace), which saves a
+parameter-sized buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hypergrad_optax import _validation
+
+Rate = Union[jax.Array, optax.Updates]
+PreviousDirectionFn = Callable[[optax.OptState], optax.Updates]
+
+
+class HypergradientState(NamedTuple):
+  """State of the hypergradient aliases (``sgd_hd``, ``adam_hd``, ...).
+
+  The field names are the checkpoint schema.
+
+  Attributes:
+    count: number of updates taken, int32 scalar.
+    learning_rate: the current adapted learning rate ``α_t`` (used by the most
+      recent update): a float32 scalar for ``granularity='global'`` (float64
+      with float64 params), else a pytree shaped by the granularity.
+    inner_state: state of the base direction (e.g. ``ScaleByAdamState``).
+    previous_direction: the previous step's direction ``d_{t-1}`` where it
+      cannot be recomputed from ``inner_state``; ``()`` otherwise.
+    previous_grad_norm: with ``overshoot_guard``, ``‖g_{t-1}‖`` reduced like
+      the rate (one norm, one per tensor, or ``|g|`` per element); ``()``
+      otherwise.
+  """
+
+  count: jax.Array
+  learning_rate: Rate
+  inner_state: optax.OptState
+  previous_direction: optax.Updates
+  previous_grad_norm: Any
+
+
+class ScaleByHypergradientState(NamedTuple):
+  """State of :func:`hypergrad_optax.hypergradient`.
+
+  The field names are the checkpoint schema.
+
+  Attributes:
+    count: number of updates taken, int32 scalar.
+    scale: the adapted factor ``s_t`` applied to the inner optimizer's update
+      (starts at 1): a float32 scalar for ``granularity='global'`` (float64 with
+      float64 params), else a pytree shaped by the granularity. The effective
+      learning rate is ``s_t`` times the inner optimizer's own rate; see
+      :func:`hypergrad_optax.get_learning_rate`.
+    inner_state: state of the wrapped optimizer.
+    previous_update: the wrapped optimizer's previous (unscaled) update.
+    previous_grad_norm: with ``overshoot_guard``, ``‖g_{t-1}‖`` reduced like
+      the scale; ``()`` otherwise.
+  """
+
+  count: jax.Array
+  scale: Rate
+  inner_state: optax.OptState
+  previous_update: optax.Updates
+  previous_grad_norm: Any
+
+
+def rate_dtype(params: Any) -> jnp.dtype:
+  """float64 when any parameter is float64, else float32."""
+  dtypes = {jnp.dtype(leaf.dtype) for leaf in jax.tree.leaves(params)}
+  return jnp.dtype(jnp.float64 if jnp.dtype(jnp.float64) in dtypes
+                   else jnp.float32)
+
+
+def init_rate(value: Any, params: Any, granularity: str,
+              dtype: jnp.dtype) -> Rate:
+  """The initial rate: a scalar, one scalar per leaf, or one per element."""
+  value = jnp.asarray(value, dtype)
+  if granularity == "global":
+    return value
+  if granularity == "per-tensor":
+    return jax.tree.map(lambda _: value, params)
+  return jax.tree.map(lambda p: jnp.full(p.shape, value, dtype), params)
+
+
+def _leafwise(op, a, b, granularity: str, dtype) -> Rate:
+  """Reduces ``op(a, b)`` to the granularity's shape, in ``dtype``."""
+  def leaf(x, y):
+    z = op(x.astype(dtype), y.astype(dtype))
+    return z if granularity == "per-element" else jnp.sum(z)
+  per_leaf = jax.tree.map(leaf, a, b)
+  if granularity != "global":
+    return per_leaf
+  return sum(jax.tree.leaves(per_leaf), jnp.zeros((), dtype))
+
+
+def next_rate(
+    rate: Rate,
+    grads: optax.Updates,
+    previous_direction: optax.Updates,
+    *,
+    sign: float,
+    hyper_lr: Any,
+    rule: str,
+    granularity: str,
+    min_rate: Any = None,
+    max_rate: Any = None,
+    previous_grad_norm: Any = None,
+) -> tuple[Rate, Rate]:
+  """One hypergradient-descent step on the rate, guarded and bounded.
+
+  Args:
+    rate: the current rate ``r_{t-1}`` (scalar or pytree per granularity).
+    grads: ``g_t``, the gradient at the current parameters.
+    previous_direction: ``D_{t-1}``, the direction the last update scaled.
+    sign: ``-1`` when the update is ``-r D`` (aliases), ``+1`` for ``r D``.
+    hyper_lr: ``β``.
+    rule: ``'additive'`` or ``'multiplicative'``.
+    granularity: ``'global'``, ``'per-tensor'`` or ``'per-element'``.
+    min_rate: optional lower bound on the new rate.
+    max_rate: optional upper bound on the new rate.
+    previous_grad_norm: optional ``‖g_{t-1}‖`` (reduced like the rate). Given
+      it, the overshoot guard acts; see :func:`_cap_at_secant`.
+
+  Returns:
+    ``(r_t, ‖g_t‖)``; entries of ``r_t`` whose hypergradient step is not
+    finite keep ``r_{t-1}``. ``‖g_t‖`` is reduced like the rate (None unless
+    it was needed).
+  """
+  dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
+      jnp.float32)
+  beta = jnp.asarray(hyper_lr, dtype)
+  h = _leafwise(jnp.multiply, grads, previous_direction, granularity, dtype)
+
+  def additive(r, h):
+    return r - beta * (sign * h)
+
+  def multiplicative(r, h, gg, dd):
+    norm = jnp.sqrt(gg) * jnp.sqrt(dd)
+    # No previous direction (first step) or a zero gradient: no information.
+    cosine = jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
+    return r * (1 - beta * (sign * cosine))
+
+  grad_norm = None
+  if rule == "multiplicative" or previous_grad_norm is not None:
+    square = lambda x, _: jnp.square(x)  # pylint: disable=unnecessary-lambda-assignment
+    gg = _leafwise(square, grads, grads, granularity, dtype)
+    dd = _leafwise(square, previous_direction, previous_direction,
+                   granularity, dtype)
+    grad_norm = jax.tree.map(jnp.sqrt, gg)
+
+  if rule == "additive":
+    proposed = jax.tree.map(additive, rate, h)
+  else:
+    proposed = jax.tree.map(multiplicative, rate, h, gg, dd)
+
+  if previous_grad_norm is not None:
+    proposed = jax.tree.map(
+        lambda r, p, h, n, dd: _cap_at_secant(r, p, sign * h, n * jnp.sqrt(dd)),
+        rate, proposed, h, previous_grad_norm, dd)
+
+  def guard(old, new):
+    # A NaN/Inf hypergradient (e.g. an overflowed gradient) must not poison
+    # the rate for the rest of training: keep the previous value.
+    new = jnp.where(jnp.isfinite(new), new, old)
+    if min_rate is not None:
+      new = jnp.maximum(new, jnp.asarray(min_rate, new.dtype))
+    if max_rate is not None:
+      new = jnp.minimum(new, jnp.asarray(max_rate, new.dtype))
+    return new.astype(old.dtype)
+
+  return jax.tree.map(guard, rate, proposed), grad_norm
+
+
+def _cap_at_secant(rate, proposed, slope_now, bound_before):
+  """Caps the rate after a large overshoot of the last step.
+
+  Along the last step, ``φ(σ) = f(θ_{t-2} + σ D_{t-1})`` had slope
+  ``φ'(0) = g_{t-1}·D_{t-1} >= -A`` at its start, ``A = ‖g_{t-1}‖‖D_{t-1}‖``,
+  and has slope ``h = φ'(r) > 0`` now: it passed a minimum. Fitting ``φ'``
+  linearly puts that minimum at ``r |φ'(0)| / (|φ'(0)| + h) <= r A / (A + h)``,
+  so capping at ``r A / (A + h)`` never shrinks more than the secant does.
+  Acting only when ``h > A`` (the new gradient's component along the step
+  exceeds the old gradient's norm, as in divergence) keeps gradient noise,
+  which gives small cosines in high dimension, from triggering it. No rule
+  that changes the rate by a bounded ratio per step shrinks it fast enough
+  when the step is far too large.
+  """
+  overshoot = slope_now > bound_before
+  secant = rate * bound_before / jnp.where(overshoot,
+                                           bound_before + slope_now, 1)
+  return jnp.where(overshoot, jnp.minimum(proposed, secant), proposed)
+
+
+def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
+                  granularity: str, like: optax.Updates) -> optax.Updates:
+  """``sign * rate ⊙ direction`` in the rate's precision, cast like ``like``."""
+  def leaf(r, d, ref):
+    return (r * d.astype(r.dtype)).astype(ref.dtype)
+  signed = jax.tree.map(lambda r: sign * r, rate)
+  if granularity == "global":
+    return jax.tree.map(lambda d, ref: leaf(signed, d, ref), direction, like)
+  return jax.tree.map(leaf, signed, direction, like)
+
+
+def hypergradient_descent(
+    direction: optax.GradientTransformation,
+    *,
+    state_cls: type,
+    sign: float,
+    initial_rate: Any,
+    hyper_lr: Any,
+    rule: str,
+    granularity: str,
+    min_rate: Any = None,
+    max_rate: Any = None,
+    previous_direction_fn: Optional[PreviousDirectionFn] = None,
+    buffer_dtype: Any = None,
+    weight_decay: Any = None,
+    overshoot_guard: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """Builds a hypergradient optimizer over ``direction``; see module doc.
+
+  Args:
+    direction: the transform whose output is scaled by the adapted rate.
+    state_cls: ``HypergradientState`` or ``ScaleByHypergradientState``; its
+      fields are, in order, count, rate, inner state, previous direction,
+      previous slope.
+    sign: ``-1`` (update is ``-r d``) or ``+1`` (update is ``r d``).
+    initial_rate: ``r_0``.
+    hyper_lr: ``β``.
+    rule: ``'additive'`` or ``'multiplicative'``.
+    granularity: ``'global'``, ``'per-tensor'`` or ``'per-element'``.
+    min_rate: optional lower bound on the rate.
+    max_rate: optional upper bound on the rate.
+    previous_direction_fn: recomputes ``d_{t-1}`` from the direction's state;
+      when None, ``d_{t-1}`` is stored in the state.
+    buffer_dtype: dtype of the stored ``d_{t-1}`` (None: the direction's own).
+    weight_decay: coupled L2 decay ``g ← g + λ θ`` applied before everything
+      (the hypergradient included), or None.
+    overshoot_guard: cap the rate after a large overshoot of the last step
+      (see :func:`_cap_at_secant`); keeps ``‖g_{t-1}‖`` (shaped like the rate).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  direction = optax.with_extra_args_support(direction)
+  store_previous = previous_direction_fn is None
+
+  def init_fn(params):
+    inner_state = direction.init(params)
+    previous = ()
+    if store_previous:
+      previous = optax.tree.zeros_like(params, dtype=buffer_dtype)
+    rate = init_rate(initial_rate, params, granularity, rate_dtype(params))
+    grad_norm = optax.tree.zeros_like(rate) if overshoot_guard else ()
+    return state_cls(jnp.zeros([], jnp.int32), rate, inner_state, previous,
+                     grad_norm)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    count, rate, inner_state, previous, grad_norm = state
+    if weight_decay is not None:
+      if params is None:
+        raise ValueError(
+            "weight_decay needs the parameters: call "
+            "update(grads, state, params). " + optax.NO_PARAMS_MSG)
+      updates = jax.tree.map(
+          lambda g, p: g + (weight_decay * p).astype(g.dtype), updates, params)
+    if not store_previous:
+      previous = previous_direction_fn(inner_state)
+    _validation.check_same_structure(updates, previous, "previous direction")
+    rate, new_grad_norm = next_rate(
+        rate, updates, previous, sign=sign, hyper_lr=hyper_lr, rule=rule,
+        granularity=granularity, min_rate=min_rate, max_rate=max_rate,
+        previous_grad_norm=grad_norm if overshoot_guard else None)
+    new_direction, inner_state = direction.update(
+        updates, inner_state, params, **extra_args)
+    like = updates if params is None else params
+    new_updates = scale_by_rate(rate, new_direction, sign=sign,
+                                granularity=granularity, like=like)
+    if store_previous:
+      # Cast to the stored dtype so that the state's dtypes never drift.
+      previous = optax.tree.cast_like(new_direction, state[3])
+    if overshoot_guard:
+      grad_norm = new_grad_norm
+    return new_updates, state_cls(optax.safe_increment(count), rate,
+                                  inner_state, previous, grad_norm)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def check_common(*, hyper_lr, rule, granularity, min_rate, max_rate) -> None:
+  """Construction-time checks shared by the wrapper and the aliases."""
+  _validation.check_non_negative("hyper_lr", hyper_lr)
+  _validation.check_choice("rule", rule, _validation.RULES)
+  _validation.check_choice("granularity", granularity,
+                           _validation.GRANULARITIES)
+  _validation.check_bounds(min_rate, max_rate)

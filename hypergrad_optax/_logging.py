@@ -1,0 +1,91 @@
+"""Reading the adapted learning rate out of any optimizer state, for logging."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hypergrad_optax._core import HypergradientState
+from hypergrad_optax._core import ScaleByHypergradientState
+
+_STATES = (HypergradientState, ScaleByHypergradientState)
+
+
+def find_state(opt_state: Any):
+  """The outermost hypergradient state inside ``opt_state`` (or ValueError)."""
+  for node in jax.tree.leaves(opt_state,
+                              is_leaf=lambda x: isinstance(x, _STATES)):
+    if isinstance(node, _STATES):
+      return node
+  raise ValueError(
+      "No hypergradient state found: opt_state must come from an optimizer "
+      "built with hypergrad_optax (hypergradient, sgd_hd, adam_hd, adamw_hd), "
+      "possibly inside optax.chain, MultiSteps or inject_hyperparams.")
+
+
+def _injected_learning_rate(inner_state: Any) -> Optional[jax.Array]:
+  """The inner optimizer's ``inject_hyperparams`` learning rate, if any."""
+  found = optax.tree_utils.tree_get_all_with_path(
+      inner_state, "learning_rate",
+      filtering=lambda path, _: any(
+          getattr(k, "key", None) == "learning_rate" for k in path))
+  return found[0][1] if found else None
+
+
+def get_learning_rate(opt_state: Any,
+                      base_learning_rate: Any = None) -> Any:
+  r"""Returns the current adapted learning rate of a hypergradient optimizer.
+
+  For ``sgd_hd``, ``adam_hd`` and ``adamw_hd`` this is the state's
+  ``learning_rate`` field :math:`\alpha_t`. For :func:`hypergradient` it is
+  the effective rate :math:`s_t \cdot \alpha^{inner}`: the adapted scale
+  times the wrapped optimizer's own rate, which is read from the inner state
+  when the inner optimizer was built with ``optax.inject_hyperparams``
+  (schedules included: the value of the most recent step) and must otherwise
+  be passed as ``base_learning_rate`` (a number, or the schedule itself, then
+  evaluated at the step of the most recent update).
+
+  Unlike ``optax.tree_utils.tree_get(state, "learning_rate")`` this never
+  raises a ``KeyError`` for several matches: it takes the outermost
+  hypergradient state, looking inside ``optax.chain``, ``MultiSteps``,
+  ``inject_hyperparams`` and ``apply_if_finite`` states.
+
+  Args:
+    opt_state: an optimizer state containing a hypergradient state.
+    base_learning_rate: for :func:`hypergradient` only, the inner optimizer's
+      learning rate or schedule when it is not in the inner state.
+
+  Returns:
+    A float32 scalar (float64 with float64 params), or a pytree of rates for
+    ``granularity='per-tensor'`` / ``'per-element'``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import hypergrad_optax as hgo
+    >>> tx = hgo.hypergradient(
+    ...     optax.inject_hyperparams(optax.adam)(learning_rate=1e-2))
+    >>> state = tx.init(jnp.zeros(3))
+    >>> print(hgo.get_learning_rate(state))
+    0.01
+  """
+  state = find_state(opt_state)
+  if isinstance(state, HypergradientState):
+    return state.learning_rate
+  if base_learning_rate is None:
+    base = _injected_learning_rate(state.inner_state)
+    if base is None:
+      raise ValueError(
+          "The wrapped optimizer's learning rate is not in its state: pass it, "
+          "get_learning_rate(state, base_learning_rate=1e-3) (or the "
+          "schedule), or build the inner optimizer with "
+          "optax.inject_hyperparams(optax.adam)(learning_rate=1e-3). The "
+          "adapted factor alone is state.scale.")
+  elif callable(base_learning_rate):
+    base = base_learning_rate(jnp.maximum(state.count - 1, 0))
+  else:
+    base = base_learning_rate
+  return jax.tree.map(
+      lambda s: s * jnp.asarray(base).astype(s.dtype), state.scale)

@@ -1,0 +1,92 @@
+"""Argument checks shared by every factory.
+
+Checks run at construction time on concrete Python or NumPy values only: a
+traced value (``optax.inject_hyperparams`` passes hyperparameters as arrays,
+possibly under ``jit``) cannot be inspected without breaking tracing, so it is
+accepted as is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+RULES = ("additive", "multiplicative")
+GRANULARITIES = ("global", "per-tensor", "per-element")
+
+
+def concrete_float(value: Any) -> Optional[float]:
+  """Returns ``value`` as a float when it is concrete and scalar, else None."""
+  if isinstance(value, jax.core.Tracer) or callable(value):
+    return None
+  try:
+    array = np.asarray(value)
+  except (TypeError, ValueError):
+    return None
+  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+    return None
+  return float(array)
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+  if value not in allowed:
+    raise ValueError(
+        f"{name} must be one of {', '.join(repr(a) for a in allowed)}; "
+        f"got {value!r}."
+    )
+  return value
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  x = concrete_float(value)
+  if x is not None and not (math.isfinite(x) and x >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+  """Checks ``0 <= value < 1`` (decay rates, momentum)."""
+  x = concrete_float(value)
+  if x is not None and not 0.0 <= x < 1.0:
+    raise ValueError(f"{name} must be in [0, 1); got {value!r}.")
+
+
+def check_positive(name: str, value: Any) -> None:
+  x = concrete_float(value)
+  if x is not None and not (math.isfinite(x) and x > 0):
+    raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+
+
+def check_learning_rate(value: Any) -> None:
+  if callable(value):
+    raise TypeError(
+        "learning_rate of a hypergradient alias is the initial rate and must "
+        "be a number, not a schedule. To adapt a scheduled optimizer, wrap it: "
+        "hypergradient(optax.adam(schedule))."
+    )
+  check_non_negative("learning_rate", value)
+
+
+def check_bounds(min_rate: Any, max_rate: Any) -> None:
+  lo, hi = concrete_float(min_rate), concrete_float(max_rate)
+  for name, raw, x in (("min_rate", min_rate, lo), ("max_rate", max_rate, hi)):
+    if raw is not None and x is not None and math.isnan(x):
+      raise ValueError(f"{name} must not be NaN; got {raw!r}.")
+  if lo is not None and hi is not None and lo > hi:
+    raise ValueError(
+        f"min_rate must be <= max_rate; got min_rate={min_rate!r} > "
+        f"max_rate={max_rate!r}."
+    )
+
+
+def check_same_structure(grads: Any, reference: Any, what: str) -> None:
+  """Raises a ValueError naming both structures when they differ."""
+  got, expected = jax.tree.structure(grads), jax.tree.structure(reference)
+  if got != expected:
+    raise ValueError(
+        "The gradients' tree structure differs from the one the optimizer "
+        f"state was initialised with ({what}).\n  gradients: {got}\n"
+        f"  state:     {expected}"
+    )

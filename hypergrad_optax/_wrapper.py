@@ -1,0 +1,124 @@
+"""``hypergradient``: adapt the step size of any Optax optimizer online."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import optax
+
+from hypergrad_optax import _core
+from hypergrad_optax import _validation
+from hypergrad_optax._core import ScaleByHypergradientState  # pylint: disable=unused-import
+
+
+def hypergradient(
+    inner: optax.GradientTransformation,
+    hyper_lr: jax.typing.ArrayLike = 0.1,
+    *,
+    rule: str = "multiplicative",
+    granularity: str = "global",
+    initial_scale: jax.typing.ArrayLike = 1.0,
+    min_rate: Optional[jax.typing.ArrayLike] = 0.0,
+    max_rate: Optional[jax.typing.ArrayLike] = None,
+    buffer_dtype: Optional[Any] = None,
+    overshoot_guard: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Scales any optimizer's updates by a factor learnt by hypergradient descent.
+
+  The wrapped optimizer's update :math:`\tilde u_t` (its own learning rate,
+  schedule and sign included) is scaled by an adapted factor :math:`s_t`,
+  :math:`u_t = s_t \tilde u_t`. Since
+  :math:`\theta_{t-1} = \theta_{t-2} + s_{t-1} \tilde u_{t-1}`, the derivative
+  of the loss at :math:`\theta_{t-1}` with respect to the previous factor is
+
+  .. math::
+    h_t = \nabla f(\theta_{t-1}) \cdot \tilde u_{t-1} = g_t \cdot \tilde u_{t-1},
+
+  and before each step the factor moves by one of the paper's rules
+
+  .. math::
+    \text{additive:}\quad s_t = s_{t-1} - \beta h_t, \qquad
+    \text{multiplicative:}\quad
+    s_t = s_{t-1}\Big(1 - \beta \frac{h_t}{\|g_t\| \|\tilde u_{t-1}\|}\Big).
+
+  The multiplicative rule (the default) is scale-free: :math:`\beta` is the
+  largest relative change of the factor in one step, whatever the units of the
+  loss or the inner learning rate, which makes the default safe untuned. The
+  additive rule with ``initial_scale=1`` matches the paper's rule on the
+  effective rate :math:`\alpha = \alpha_0 s` when ``hyper_lr`` is
+  :math:`\beta_{paper} / \alpha_0^2`. The first step is the inner optimizer's
+  (there is no previous update yet); ``hyper_lr=0`` reproduces it exactly.
+
+  Memory: the previous update, one parameter-sized buffer (in
+  ``buffer_dtype`` when given), and the factor (a scalar, one per tensor or
+  one per element).
+
+  Args:
+    inner: any Optax transformation producing updates (``optax.adam(1e-3)``,
+      a ``chain`` with clipping, a scheduled or ``inject_hyperparams``-built
+      optimizer). Extra keyword arguments of ``update`` are forwarded to it.
+    hyper_lr: :math:`\beta`, the hyper learning rate (>= 0). For the
+      multiplicative rule, the largest relative change of the factor per step.
+    rule: ``'multiplicative'`` (default, scale-free) or ``'additive'``.
+    granularity: ``'global'`` (one factor, the paper), ``'per-tensor'`` (one
+      per parameter leaf) or ``'per-element'`` (one per parameter entry).
+    initial_scale: :math:`s_0` (> 0).
+    min_rate: lower bound on the factor (default 0: the step never turns into
+      ascent), or None.
+    max_rate: upper bound on the factor, or None.
+    buffer_dtype: dtype in which to keep the previous update (e.g.
+      ``jnp.bfloat16`` halves that buffer for float32 params; the
+      hypergradient then sees a rounded :math:`\tilde u_{t-1}`, a relative
+      error of about 2^-8 in :math:`h_t`). None keeps the update's dtype.
+    overshoot_guard: after a large overshoot, :math:`h_t > A =
+      \|g_{t-1}\| \|\tilde u_{t-1}\|`, cap :math:`s_t` at
+      :math:`s_{t-1} A / (A + h_t)`, a conservative secant estimate of the
+      minimiser of the loss along the last update (it never shrinks more than
+      the exact secant). Keeps :math:`\|g_{t-1}\|` (one scalar per rate).
+      This is what makes the untuned default safe when the inner rate is far
+      too large (``optax.sgd(0.1)`` on the Rosenbrock function): no rule that
+      changes the factor by a bounded ratio per step shrinks it fast enough.
+      In noisy high-dimensional training the cosine between :math:`g_t` and
+      :math:`\tilde u_{t-1}` is small and the cap does not act.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`ScaleByHypergradientState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import hypergrad_optax as hgo
+    >>> tx = hgo.hypergradient(optax.adam(0.1))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update(2 * params, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(hgo.get_learning_rate(state, base_learning_rate=0.1) > 0.1)
+    True
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
+  """
+  _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
+                     min_rate=min_rate, max_rate=max_rate)
+  _validation.check_positive("initial_scale", initial_scale)
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(
+        "inner must be an optax.GradientTransformation (e.g. optax.adam(1e-3));"
+        f" got {type(inner).__name__}.")
+  return _core.hypergradient_descent(
+      inner,
+      state_cls=ScaleByHypergradientState,
+      sign=1.0,
+      initial_rate=initial_scale,
+      hyper_lr=hyper_lr,
+      rule=rule,
+      granularity=granularity,
+      min_rate=min_rate,
+      max_rate=max_rate,
+      buffer_dtype=buffer_dtype,
+      overshoot_guard=overshoot_guard,
+  )
