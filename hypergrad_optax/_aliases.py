@@ -33,6 +33,18 @@ _COMMON_ARGS_DOC = r"""
 """
 
 
+def _with_common_args_doc(fn):
+  """Splices the shared argument descriptions into ``fn``'s docstring.
+
+  (A docstring built with ``+`` is an expression, not a docstring: Python
+  would leave ``__doc__`` None.)
+  """
+  if fn.__doc__:  # None under python -OO
+    fn.__doc__ = fn.__doc__.replace("    <COMMON ARGS>\n",
+                                    _COMMON_ARGS_DOC.lstrip("\n"))
+  return fn
+
+
 def _is_zero(value: Any) -> bool:
   """True for a concrete zero; traced values (inject_hyperparams) are not."""
   return _validation.concrete_float(value) == 0.0
@@ -88,6 +100,7 @@ def _adam_direction(b1, b2, eps):
   return previous_direction
 
 
+@_with_common_args_doc
 def sgd_hd(
     learning_rate: jax.typing.ArrayLike = 1e-3,
     hyper_lr: jax.typing.ArrayLike = 1e-3,
@@ -127,7 +140,7 @@ def sgd_hd(
     nesterov: Nesterov momentum (needs ``momentum``).
     weight_decay: coupled L2 decay :math:`\lambda` added to the gradient
       before everything, as ``torch.optim.SGD`` and the reference code do.
-  """ + _COMMON_ARGS_DOC + r"""
+    <COMMON ARGS>
     buffer_dtype: dtype in which to keep :math:`d_{t-1}` where it is stored.
 
   Returns:
@@ -175,6 +188,7 @@ def _check_adam_args(b1, b2, eps):
   _validation.check_non_negative("eps", eps)
 
 
+@_with_common_args_doc
 def adam_hd(
     learning_rate: jax.typing.ArrayLike = 1e-3,
     hyper_lr: jax.typing.ArrayLike = 1e-7,
@@ -214,7 +228,8 @@ def adam_hd(
     weight_decay: coupled L2 decay :math:`\lambda` added to the gradient
       before everything, as the reference code does (see :func:`adamw_hd` for
       decoupled decay).
-  """ + _COMMON_ARGS_DOC + r"""
+    <COMMON ARGS>
+
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`HypergradientState`.
@@ -245,6 +260,7 @@ def adam_hd(
       previous_direction_fn=_adam_direction(b1, b2, eps))
 
 
+@_with_common_args_doc
 def adamw_hd(
     learning_rate: jax.typing.ArrayLike = 1e-3,
     hyper_lr: jax.typing.ArrayLike = 1e-7,
@@ -276,7 +292,7 @@ def adamw_hd(
     b2: Adam's second-moment decay, in [0, 1).
     eps: Adam's :math:`\epsilon` (>= 0).
     weight_decay: decoupled decay :math:`\lambda` (>= 0).
-  """ + _COMMON_ARGS_DOC + r"""
+    <COMMON ARGS>
     buffer_dtype: dtype in which to keep :math:`d_{t-1}`.
 
   Returns:

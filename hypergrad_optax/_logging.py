@@ -70,6 +70,10 @@ def get_learning_rate(opt_state: Any,
     >>> state = tx.init(jnp.zeros(3))
     >>> print(hgo.get_learning_rate(state))
     0.01
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
   """
   state = find_state(opt_state)
   if isinstance(state, HypergradientState):
