@@ -33,6 +33,7 @@ from hypergrad_optax import _validation
 
 Rate = Union[jax.Array, optax.Updates]
 PreviousDirectionFn = Callable[[optax.OptState], optax.Updates]
+AxisName = Optional[Union[str, tuple[str, ...]]]
 
 
 class HypergradientState(NamedTuple):
@@ -103,15 +104,25 @@ def init_rate(value: Any, params: Any, granularity: str,
   return jax.tree.map(lambda p: jnp.full(p.shape, value, dtype), params)
 
 
-def _leafwise(op, a, b, granularity: str, dtype) -> Rate:
-  """Reduces ``op(a, b)`` to the granularity's shape, in ``dtype``."""
+def _leafwise(op, a, b, granularity: str, dtype,
+              axis_name: AxisName = None) -> Rate:
+  """Reduces ``op(a, b)`` to the granularity's shape, in ``dtype``.
+
+  With ``axis_name`` (inside ``shard_map``/``pmap`` with the parameters
+  sharded over that axis) each device holds only a shard of every leaf, so a
+  sum over it is partial: the sums are completed with ``lax.psum``. Per-element
+  results need none. (Summing leaf products, not ``optax.tree.vdot``, also
+  keeps jit with explicit sharding working: optax 0.2.8's vdot fails there.)
+  """
   def leaf(x, y):
     z = op(x.astype(dtype), y.astype(dtype))
     return z if granularity == "per-element" else jnp.sum(z)
   per_leaf = jax.tree.map(leaf, a, b)
-  if granularity != "global":
+  if granularity == "global":
+    per_leaf = sum(jax.tree.leaves(per_leaf), jnp.zeros((), dtype))
+  if axis_name is None or granularity == "per-element":
     return per_leaf
-  return sum(jax.tree.leaves(per_leaf), jnp.zeros((), dtype))
+  return jax.lax.psum(per_leaf, axis_name)
 
 
 def next_rate(
@@ -126,6 +137,7 @@ def next_rate(
     min_rate: Any = None,
     max_rate: Any = None,
     previous_grad_norm: Any = None,
+    axis_name: AxisName = None,
 ) -> tuple[Rate, Rate]:
   """One hypergradient-descent step on the rate, guarded and bounded.
 
@@ -141,6 +153,8 @@ def next_rate(
     max_rate: optional upper bound on the new rate.
     previous_grad_norm: optional ``‖g_{t-1}‖`` (reduced like the rate). Given
       it, the overshoot guard acts; see :func:`_cap_at_secant`.
+    axis_name: the ``shard_map``/``pmap`` axis (or axes) over which the
+      parameters are sharded; dot products and norms are summed over it.
 
   Returns:
     ``(r_t, ‖g_t‖)``; entries of ``r_t`` whose hypergradient step is not
@@ -150,7 +164,8 @@ def next_rate(
   dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
       jnp.float32)
   beta = jnp.asarray(hyper_lr, dtype)
-  h = _leafwise(jnp.multiply, grads, previous_direction, granularity, dtype)
+  h = _leafwise(jnp.multiply, grads, previous_direction, granularity, dtype,
+                axis_name)
 
   def additive(r, h):
     return r - beta * (sign * h)
@@ -164,9 +179,9 @@ def next_rate(
   grad_norm = None
   if rule == "multiplicative" or previous_grad_norm is not None:
     square = lambda x, _: jnp.square(x)  # pylint: disable=unnecessary-lambda-assignment
-    gg = _leafwise(square, grads, grads, granularity, dtype)
+    gg = _leafwise(square, grads, grads, granularity, dtype, axis_name)
     dd = _leafwise(square, previous_direction, previous_direction,
-                   granularity, dtype)
+                   granularity, dtype, axis_name)
     grad_norm = jax.tree.map(jnp.sqrt, gg)
 
   if rule == "additive":
@@ -238,6 +253,7 @@ def hypergradient_descent(
     buffer_dtype: Any = None,
     weight_decay: Any = None,
     overshoot_guard: bool = False,
+    axis_name: AxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -260,6 +276,11 @@ def hypergradient_descent(
       (the hypergradient included), or None.
     overshoot_guard: cap the rate after a large overshoot of the last step
       (see :func:`_cap_at_secant`); keeps ``‖g_{t-1}‖`` (shaped like the rate).
+    axis_name: mapped axis name(s) over which the parameters are sharded in
+      ``shard_map``/``pmap``; None when each device holds whole leaves
+      (replicated data parallelism, or jit with shardings). Every leaf must
+      then be sharded over it: a replicated leaf would be counted once per
+      device.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -292,7 +313,8 @@ def hypergradient_descent(
     rate, new_grad_norm = next_rate(
         rate, updates, previous, sign=sign, hyper_lr=hyper_lr, rule=rule,
         granularity=granularity, min_rate=min_rate, max_rate=max_rate,
-        previous_grad_norm=grad_norm if overshoot_guard else None)
+        previous_grad_norm=grad_norm if overshoot_guard else None,
+        axis_name=axis_name)
     new_direction, inner_state = direction.update(
         updates, inner_state, params, **extra_args)
     like = updates if params is None else params
