@@ -9,7 +9,7 @@ update ``u_t = -α_t d_t`` and the paper's hypergradient
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,11 @@ _COMMON_ARGS_DOC = r"""
     overshoot_guard: cap ``α_t`` at the secant minimiser of the loss along the
       last step when that step overshot (off by default: not in the paper; see
       :func:`hypergrad_optax.hypergradient`).
+    axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
+      this mapped axis (a name or a tuple of names), sums the hypergradient's
+      dot products and norms over it with ``lax.psum`` (a dot over the local
+      shard is partial). None (default) for whole leaves on each device:
+      replicated data parallelism, or ``jax.jit`` with sharded arrays.
 """
 
 
@@ -52,7 +57,7 @@ def _is_zero(value: Any) -> bool:
 
 def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
               min_rate, max_rate, overshoot_guard, weight_decay=None,
-              previous_direction_fn=None, buffer_dtype=None):
+              previous_direction_fn=None, buffer_dtype=None, axis_name=None):
   """Checks the shared arguments and builds the alias over ``direction``."""
   _validation.check_learning_rate(learning_rate)
   _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
@@ -75,6 +80,7 @@ def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
       buffer_dtype=buffer_dtype,
       weight_decay=weight_decay,
       overshoot_guard=overshoot_guard,
+      axis_name=axis_name,
   )
 
 
@@ -88,11 +94,14 @@ def _adam_direction(b1, b2, eps):
   def previous_direction(adam_state: optax.ScaleByAdamState):
     # At count 0 the moments are zero, so clamping the count to 1 gives the
     # exact d_0 = 0 without dividing by a zero bias correction.
-    count = jnp.maximum(adam_state.count, 1).astype(jnp.float32)
-    correction1 = 1 - jnp.asarray(b1, jnp.float32) ** count
-    correction2 = 1 - jnp.asarray(b2, jnp.float32) ** count
+    count = jnp.maximum(adam_state.count, 1)
 
     def leaf(m, v):
+      # Corrections in float32, or float64 for float64 moments (as optax's
+      # own): float32 ones would break float64-exactness.
+      dtype = jnp.promote_types(m.dtype, jnp.float32)
+      correction1 = 1 - jnp.asarray(b1, dtype) ** count.astype(dtype)
+      correction2 = 1 - jnp.asarray(b2, dtype) ** count.astype(dtype)
       m_hat = m / correction1.astype(m.dtype)
       v_hat = v / correction2.astype(v.dtype)
       return m_hat / (jnp.sqrt(v_hat) + jnp.asarray(eps, v.dtype))
@@ -114,6 +123,7 @@ def sgd_hd(
     max_rate: Optional[jax.typing.ArrayLike] = None,
     overshoot_guard: bool = False,
     buffer_dtype: Optional[Any] = None,
+    axis_name: Optional[Union[str, tuple[str, ...]]] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD-HD and SGDN-HD: SGD whose learning rate follows its hypergradient.
 
@@ -179,7 +189,7 @@ def sgd_hd(
       granularity=granularity, min_rate=min_rate, max_rate=max_rate,
       overshoot_guard=overshoot_guard,
       weight_decay=weight_decay, previous_direction_fn=previous_direction_fn,
-      buffer_dtype=buffer_dtype)
+      buffer_dtype=buffer_dtype, axis_name=axis_name)
 
 
 def _check_adam_args(b1, b2, eps):
@@ -202,6 +212,7 @@ def adam_hd(
     min_rate: Optional[jax.typing.ArrayLike] = 0.0,
     max_rate: Optional[jax.typing.ArrayLike] = None,
     overshoot_guard: bool = False,
+    axis_name: Optional[Union[str, tuple[str, ...]]] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-HD: Adam whose learning rate follows its hypergradient.
 
@@ -257,7 +268,8 @@ def adam_hd(
       granularity=granularity, min_rate=min_rate, max_rate=max_rate,
       overshoot_guard=overshoot_guard,
       weight_decay=weight_decay,
-      previous_direction_fn=_adam_direction(b1, b2, eps))
+      previous_direction_fn=_adam_direction(b1, b2, eps),
+      axis_name=axis_name)
 
 
 @_with_common_args_doc
@@ -275,6 +287,7 @@ def adamw_hd(
     max_rate: Optional[jax.typing.ArrayLike] = None,
     overshoot_guard: bool = False,
     buffer_dtype: Optional[Any] = None,
+    axis_name: Optional[Union[str, tuple[str, ...]]] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW-HD: Adam-HD with decoupled weight decay in the direction.
 
@@ -323,4 +336,4 @@ def adamw_hd(
       direction, learning_rate=learning_rate, hyper_lr=hyper_lr, rule=rule,
       granularity=granularity, min_rate=min_rate, max_rate=max_rate,
       overshoot_guard=overshoot_guard,
-      buffer_dtype=buffer_dtype)
+      buffer_dtype=buffer_dtype, axis_name=axis_name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import optax
@@ -23,6 +23,7 @@ def hypergradient(
     max_rate: Optional[jax.typing.ArrayLike] = None,
     buffer_dtype: Optional[Any] = None,
     overshoot_guard: bool = True,
+    axis_name: Optional[Union[str, tuple[str, ...]]] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales any optimizer's updates by a factor learnt by hypergradient descent.
 
@@ -81,6 +82,13 @@ def hypergradient(
       changes the factor by a bounded ratio per step shrinks it fast enough.
       In noisy high-dimensional training the cosine between :math:`g_t` and
       :math:`\tilde u_{t-1}` is small and the cap does not act.
+    axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
+      this mapped axis (a name or a tuple of names), sums the hypergradient's
+      dot products and norms over it with ``lax.psum`` (a dot over the local
+      shard is partial). None (default) for whole leaves on each device:
+      replicated data parallelism, or ``jax.jit`` with sharded arrays. The
+      inner optimizer's own reductions (e.g. ``clip_by_global_norm``) are its
+      own business.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -121,4 +129,5 @@ def hypergradient(
       max_rate=max_rate,
       buffer_dtype=buffer_dtype,
       overshoot_guard=overshoot_guard,
+      axis_name=axis_name,
   )
