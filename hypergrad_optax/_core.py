@@ -325,8 +325,11 @@ def hypergradient_descent(
       previous = optax.tree.cast_like(new_direction, state[3])
     if overshoot_guard:
       grad_norm = new_grad_norm
+    # A recomputed d_{t-1} is not state: keep init's empty placeholder, so
+    # the state's structure (lax.scan, lax.cond) and size never change.
+    stored = previous if store_previous else state[3]
     return new_updates, state_cls(optax.safe_increment(count), rate,
-                                  inner_state, previous, grad_norm)
+                                  inner_state, stored, grad_norm)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
