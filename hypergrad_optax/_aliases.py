@@ -35,6 +35,15 @@ _COMMON_ARGS_DOC = r"""
       dot products and norms over it with ``lax.psum`` (a dot over the local
       shard is partial). None (default) for whole leaves on each device:
       replicated data parallelism, or ``jax.jit`` with sharded arrays.
+    hyper_optimizer: None (default: the paper's plain SGD on ``α`` with
+      ``hyper_lr``) or any Optax transform that updates ``α`` (its params)
+      from its hypergradient ``h_t`` (its gradient; with the multiplicative
+      rule, ``α_{t-1} h_t / (‖g_t‖ ‖d_{t-1}‖)``), e.g. ``optax.adam(1e-5)``
+      ("Adam on α"), or, stacked, a hypergradient optimizer such as
+      ``sgd_hd(β_0, γ)`` whose own rate ``β`` adapts with hypergradient
+      ``-h_t h_{t-1}`` (Chandra et al., 2022). ``hyper_lr`` is then unused.
+      Its state is the state's ``hyper_state``; bounds and the non-finite
+      guard apply after its step.
 """
 
 
@@ -57,7 +66,8 @@ def _is_zero(value: Any) -> bool:
 
 def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
               min_rate, max_rate, overshoot_guard, weight_decay=None,
-              previous_direction_fn=None, buffer_dtype=None, axis_name=None):
+              previous_direction_fn=None, buffer_dtype=None, axis_name=None,
+              hyper_optimizer=None):
   """Checks the shared arguments and builds the alias over ``direction``."""
   _validation.check_learning_rate(learning_rate)
   _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
@@ -81,6 +91,7 @@ def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
       weight_decay=weight_decay,
       overshoot_guard=overshoot_guard,
       axis_name=axis_name,
+      hyper_optimizer=hyper_optimizer,
   )
 
 
@@ -124,6 +135,7 @@ def sgd_hd(
     overshoot_guard: bool = False,
     buffer_dtype: Optional[Any] = None,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
+    hyper_optimizer: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD-HD and SGDN-HD: SGD whose learning rate follows its hypergradient.
 
@@ -189,7 +201,8 @@ def sgd_hd(
       granularity=granularity, min_rate=min_rate, max_rate=max_rate,
       overshoot_guard=overshoot_guard,
       weight_decay=weight_decay, previous_direction_fn=previous_direction_fn,
-      buffer_dtype=buffer_dtype, axis_name=axis_name)
+      buffer_dtype=buffer_dtype, axis_name=axis_name,
+      hyper_optimizer=hyper_optimizer)
 
 
 def _check_adam_args(b1, b2, eps):
@@ -213,6 +226,7 @@ def adam_hd(
     max_rate: Optional[jax.typing.ArrayLike] = None,
     overshoot_guard: bool = False,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
+    hyper_optimizer: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-HD: Adam whose learning rate follows its hypergradient.
 
@@ -269,7 +283,7 @@ def adam_hd(
       overshoot_guard=overshoot_guard,
       weight_decay=weight_decay,
       previous_direction_fn=_adam_direction(b1, b2, eps),
-      axis_name=axis_name)
+      axis_name=axis_name, hyper_optimizer=hyper_optimizer)
 
 
 @_with_common_args_doc
@@ -288,6 +302,7 @@ def adamw_hd(
     overshoot_guard: bool = False,
     buffer_dtype: Optional[Any] = None,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
+    hyper_optimizer: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW-HD: Adam-HD with decoupled weight decay in the direction.
 
@@ -336,4 +351,5 @@ def adamw_hd(
       direction, learning_rate=learning_rate, hyper_lr=hyper_lr, rule=rule,
       granularity=granularity, min_rate=min_rate, max_rate=max_rate,
       overshoot_guard=overshoot_guard,
-      buffer_dtype=buffer_dtype, axis_name=axis_name)
+      buffer_dtype=buffer_dtype, axis_name=axis_name,
+      hyper_optimizer=hyper_optimizer)

@@ -52,6 +52,9 @@ class HypergradientState(NamedTuple):
     previous_grad_norm: with ``overshoot_guard``, ``‖g_{t-1}‖`` reduced like
       the rate (one norm, one per tensor, or ``|g|`` per element); ``()``
       otherwise.
+    hyper_state: with a ``hyper_optimizer``, its state (the rate is its
+      params; a hypergradient state again when stacked); ``()`` for the
+      default plain-SGD rule.
   """
 
   count: jax.Array
@@ -59,6 +62,7 @@ class HypergradientState(NamedTuple):
   inner_state: optax.OptState
   previous_direction: optax.Updates
   previous_grad_norm: Any
+  hyper_state: Any = ()
 
 
 class ScaleByHypergradientState(NamedTuple):
@@ -77,6 +81,9 @@ class ScaleByHypergradientState(NamedTuple):
     previous_update: the wrapped optimizer's previous (unscaled) update.
     previous_grad_norm: with ``overshoot_guard``, ``‖g_{t-1}‖`` reduced like
       the scale; ``()`` otherwise.
+    hyper_state: with a ``hyper_optimizer``, its state (the scale is its
+      params; a hypergradient state again when stacked); ``()`` for the
+      default plain-SGD rule.
   """
 
   count: jax.Array
@@ -84,6 +91,7 @@ class ScaleByHypergradientState(NamedTuple):
   inner_state: optax.OptState
   previous_update: optax.Updates
   previous_grad_norm: Any
+  hyper_state: Any = ()
 
 
 def rate_dtype(params: Any) -> jnp.dtype:
@@ -137,9 +145,16 @@ def next_rate(
     min_rate: Any = None,
     max_rate: Any = None,
     previous_grad_norm: Any = None,
+    hyper_optimizer: Optional[optax.GradientTransformation] = None,
+    hyper_state: Any = (),
     axis_name: AxisName = None,
-) -> tuple[Rate, Rate]:
-  """One hypergradient-descent step on the rate, guarded and bounded.
+) -> tuple[Rate, Rate, Any]:
+  """One hypergradient step on the rate, guarded and bounded.
+
+  The step is plain SGD on the rate with ``hyper_lr`` (the paper), or one
+  step of ``hyper_optimizer`` fed the hypergradient as the rate's gradient:
+  ``sign * h`` for the additive rule, ``r * sign * h / (‖g‖ ‖D‖)`` for the
+  multiplicative one, so that ``optax.sgd(β)`` reproduces either rule.
 
   Args:
     rate: the current rate ``r_{t-1}`` (scalar or pytree per granularity).
@@ -153,13 +168,18 @@ def next_rate(
     max_rate: optional upper bound on the new rate.
     previous_grad_norm: optional ``‖g_{t-1}‖`` (reduced like the rate). Given
       it, the overshoot guard acts; see :func:`_cap_at_secant`.
+    hyper_optimizer: optional Optax transform updating the rate (its params)
+      from its hypergradient; replaces the SGD step with ``hyper_lr``.
+    hyper_state: ``hyper_optimizer``'s state (``()`` without one).
     axis_name: the ``shard_map``/``pmap`` axis (or axes) over which the
       parameters are sharded; dot products and norms are summed over it.
 
   Returns:
-    ``(r_t, ‖g_t‖)``; entries of ``r_t`` whose hypergradient step is not
-    finite keep ``r_{t-1}``. ``‖g_t‖`` is reduced like the rate (None unless
-    it was needed).
+    ``(r_t, ‖g_t‖, hyper_state)``; entries of ``r_t`` whose hypergradient step
+    is not finite keep ``r_{t-1}``. ``‖g_t‖`` is reduced like the rate (None
+    unless it was needed). ``hyper_state`` is the hyper-optimizer's new state
+    (unchanged when any hypergradient entry is not finite; see
+    :func:`_hyper_step`).
   """
   dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
       jnp.float32)
@@ -170,11 +190,13 @@ def next_rate(
   def additive(r, h):
     return r - beta * (sign * h)
 
-  def multiplicative(r, h, gg, dd):
+  def cosine(h, gg, dd):
     norm = jnp.sqrt(gg) * jnp.sqrt(dd)
     # No previous direction (first step) or a zero gradient: no information.
-    cosine = jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
-    return r * (1 - beta * (sign * cosine))
+    return jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
+
+  def multiplicative(r, h, gg, dd):
+    return r * (1 - beta * (sign * cosine(h, gg, dd)))
 
   grad_norm = None
   if rule == "multiplicative" or previous_grad_norm is not None:
@@ -184,7 +206,15 @@ def next_rate(
                    granularity, dtype, axis_name)
     grad_norm = jax.tree.map(jnp.sqrt, gg)
 
-  if rule == "additive":
+  if hyper_optimizer is not None:
+    if rule == "additive":
+      hypergrad = jax.tree.map(lambda h: sign * h, h)
+    else:
+      hypergrad = jax.tree.map(
+          lambda r, h, gg, dd: r * (sign * cosine(h, gg, dd)), rate, h, gg, dd)
+    proposed, hyper_state = _hyper_step(hyper_optimizer, hyper_state, rate,
+                                        hypergrad)
+  elif rule == "additive":
     proposed = jax.tree.map(additive, rate, h)
   else:
     proposed = jax.tree.map(multiplicative, rate, h, gg, dd)
@@ -204,7 +234,24 @@ def next_rate(
       new = jnp.minimum(new, jnp.asarray(max_rate, new.dtype))
     return new.astype(old.dtype)
 
-  return jax.tree.map(guard, rate, proposed), grad_norm
+  return jax.tree.map(guard, rate, proposed), grad_norm, hyper_state
+
+
+def _hyper_step(hyper_optimizer, hyper_state, rate, hypergrad):
+  """One step of ``hyper_optimizer`` on the rate, skipped when not finite.
+
+  A NaN/Inf hypergradient carries no information: like
+  ``optax.apply_if_finite``, the hyper-optimizer's whole step is skipped
+  (rate and state), so that neither its moments nor, when stacked, its own
+  stored hypergradient are poisoned for the rest of training.
+  """
+  updates, new_state = hyper_optimizer.update(hypergrad, hyper_state, rate)
+  proposed = jax.tree.map(lambda r, u: r + u.astype(r.dtype), rate, updates)
+  finite = jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(hypergrad)]))
+  keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=unnecessary-lambda-assignment
+  return (jax.tree.map(keep, proposed, rate),
+          jax.tree.map(keep, new_state, hyper_state))
 
 
 def _cap_at_secant(rate, proposed, slope_now, bound_before):
@@ -254,6 +301,7 @@ def hypergradient_descent(
     weight_decay: Any = None,
     overshoot_guard: bool = False,
     axis_name: AxisName = None,
+    hyper_optimizer: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -261,7 +309,7 @@ def hypergradient_descent(
     direction: the transform whose output is scaled by the adapted rate.
     state_cls: ``HypergradientState`` or ``ScaleByHypergradientState``; its
       fields are, in order, count, rate, inner state, previous direction,
-      previous slope.
+      previous gradient norm, hyper-optimizer state.
     sign: ``-1`` (update is ``-r d``) or ``+1`` (update is ``r d``).
     initial_rate: ``r_0``.
     hyper_lr: ``β``.
@@ -276,6 +324,10 @@ def hypergradient_descent(
       (the hypergradient included), or None.
     overshoot_guard: cap the rate after a large overshoot of the last step
       (see :func:`_cap_at_secant`); keeps ``‖g_{t-1}‖`` (shaped like the rate).
+    hyper_optimizer: an Optax transform that updates the rate (its params)
+      from the rate's hypergradient (its gradient), replacing the plain SGD
+      step with ``hyper_lr``; see :func:`next_rate`. Bounds, the non-finite
+      guard and the overshoot guard apply after its step.
     axis_name: mapped axis name(s) over which the parameters are sharded in
       ``shard_map``/``pmap``; None when each device holds whole leaves
       (replicated data parallelism, or jit with shardings). Every leaf must
@@ -285,6 +337,11 @@ def hypergradient_descent(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
+  if not (hyper_optimizer is None
+          or isinstance(hyper_optimizer, optax.GradientTransformation)):
+    raise TypeError(
+        "hyper_optimizer must be None or an optax.GradientTransformation "
+        f"(e.g. optax.adam(1e-4)); got {type(hyper_optimizer).__name__}.")
   direction = optax.with_extra_args_support(direction)
   store_previous = previous_direction_fn is None
 
@@ -295,11 +352,12 @@ def hypergradient_descent(
       previous = optax.tree.zeros_like(params, dtype=buffer_dtype)
     rate = init_rate(initial_rate, params, granularity, rate_dtype(params))
     grad_norm = optax.tree.zeros_like(rate) if overshoot_guard else ()
+    hyper_state = () if hyper_optimizer is None else hyper_optimizer.init(rate)
     return state_cls(jnp.zeros([], jnp.int32), rate, inner_state, previous,
-                     grad_norm)
+                     grad_norm, hyper_state)
 
   def update_fn(updates, state, params=None, **extra_args):
-    count, rate, inner_state, previous, grad_norm = state
+    count, rate, inner_state, previous, grad_norm, hyper_state = state
     if weight_decay is not None:
       if params is None:
         raise ValueError(
@@ -310,8 +368,9 @@ def hypergradient_descent(
     if not store_previous:
       previous = previous_direction_fn(inner_state)
     _validation.check_same_structure(updates, previous, "previous direction")
-    rate, new_grad_norm = next_rate(
+    rate, new_grad_norm, hyper_state = next_rate(
         rate, updates, previous, sign=sign, hyper_lr=hyper_lr, rule=rule,
+        hyper_optimizer=hyper_optimizer, hyper_state=hyper_state,
         granularity=granularity, min_rate=min_rate, max_rate=max_rate,
         previous_grad_norm=grad_norm if overshoot_guard else None,
         axis_name=axis_name)
@@ -329,7 +388,8 @@ def hypergradient_descent(
     # the state's structure (lax.scan, lax.cond) and size never change.
     stored = previous if store_previous else state[3]
     return new_updates, state_cls(optax.safe_increment(count), rate,
-                                  inner_state, stored, grad_norm)
+                                  inner_state, stored, grad_norm,
+                                  hyper_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -24,6 +24,7 @@ def hypergradient(
     buffer_dtype: Optional[Any] = None,
     overshoot_guard: bool = True,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
+    hyper_optimizer: Optional[optax.GradientTransformation] = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales any optimizer's updates by a factor learnt by hypergradient descent.
 
@@ -89,6 +90,16 @@ def hypergradient(
       replicated data parallelism, or ``jax.jit`` with sharded arrays. The
       inner optimizer's own reductions (e.g. ``clip_by_global_norm``) are its
       own business.
+    hyper_optimizer: None (default: plain SGD on :math:`s` with ``hyper_lr``)
+      or any Optax transform that updates :math:`s` (its params) from its
+      hypergradient (its gradient: :math:`h_t` for the additive rule,
+      :math:`s_{t-1} h_t / (\|g_t\| \|\tilde u_{t-1}\|)` for the
+      multiplicative one, so that ``optax.sgd(hyper_lr)`` is the default),
+      e.g. ``optax.adam(1e-3)``, or another hypergradient optimizer
+      (stacking: ``hypergradient(optax.sgd(0.1))`` adapts the ``0.1`` with
+      hypergradient :math:`-h_t h_{t-1}`; Chandra et al., 2022). ``hyper_lr``
+      is then unused. Its state is the state's ``hyper_state``; bounds and
+      both guards apply after its step.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -108,7 +119,9 @@ def hypergradient(
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
-    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018.
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018; Chandra et al.,
+    `Gradient Descent: The Ultimate Optimizer
+    <https://arxiv.org/abs/1909.13371>`_, NeurIPS 2022 (hyper-optimizers).
   """
   _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
                      min_rate=min_rate, max_rate=max_rate)
@@ -130,4 +143,5 @@ def hypergradient(
       buffer_dtype=buffer_dtype,
       overshoot_guard=overshoot_guard,
       axis_name=axis_name,
+      hyper_optimizer=hyper_optimizer,
   )
