@@ -1,0 +1,223 @@
+"""The optimizers the benchmark compares, built the same way for every task.
+
+Every method gets the reference setup's coupled L2 weight decay (``g ← g +
+λθ`` before the optimizer, as ``torch.optim`` does) except the AdamW pair,
+whose decay is decoupled by definition. ``α0`` is the initial (or fixed)
+learning rate; the learning-rate-free peers ignore it and run at their own
+defaults, and ``β`` defaults to the paper's value per family.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax import contrib
+
+import hypergrad_optax as hgo
+
+# The paper's hyper learning rates at α0 = 1e-3 (additive rule).
+BETA_SGD = 1e-3
+BETA_ADAM = 1e-7
+# The multiplicative rule's β is a relative change per step, unit-free: the
+# library's default for the wrapper.
+BETA_MULTIPLICATIVE = 0.1
+MOMENTUM = 0.9
+
+
+class Method(NamedTuple):
+  """How to build one optimizer and read its current learning rate.
+
+  Attributes:
+    name: the name on the command line.
+    family: ``'base'``, ``'hd'`` (a hypergradient method) or ``'peer'``
+      (learning-rate free, ignores ``α0``).
+    build: ``(alpha0, beta, weight_decay) -> GradientTransformation``.
+    default_beta: β when ``--beta`` is not given (None: no β).
+    rate: ``(state, alpha0) -> scalar`` the learning rate used by the last
+      step (traceable), or NaN where the method has none.
+    eval_params: ``(state, params) -> params`` where the loss should be
+      evaluated (schedule-free), or None for the training params.
+    description: one line for ``--help`` and tables.
+  """
+  name: str
+  family: str
+  build: Callable[[float, Optional[float], float], optax.GradientTransformation]
+  default_beta: Optional[float]
+  rate: Callable[[Any, float], jax.Array]
+  eval_params: Optional[Callable[[Any, Any], Any]]
+  description: str
+
+
+def _coupled(weight_decay, tx):
+  return optax.chain(optax.add_decayed_weights(weight_decay), tx)
+
+
+def _fixed_rate(state, alpha0):
+  del state
+  return jnp.float32(alpha0)
+
+
+def _hd_rate(state, alpha0):
+  return jnp.asarray(hgo.get_learning_rate(state, base_learning_rate=alpha0),
+                     jnp.float32)
+
+
+def _no_rate(state, alpha0):
+  del state, alpha0
+  return jnp.float32(jnp.nan)
+
+
+def _field_rate(cls, field, base=1.0):
+  """Reads a peer's step-size estimate ``field`` out of its state."""
+  def rate(state, alpha0):
+    del alpha0
+    for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls)):
+      if isinstance(node, cls):
+        value = getattr(node, field)
+        return jnp.sum(jnp.asarray(value, jnp.float32)) * base
+    return jnp.float32(jnp.nan)
+  return rate
+
+
+def _schedule_free_eval(state, params):
+  for node in jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, contrib.ScheduleFreeState)):
+    if isinstance(node, contrib.ScheduleFreeState):
+      return contrib.schedule_free_eval_params(node, params)
+  return params
+
+
+def _sgd_hd(momentum, nesterov, rule):
+  def build(alpha0, beta, wd):
+    return hgo.sgd_hd(alpha0, beta, momentum=momentum, nesterov=nesterov,
+                      weight_decay=wd, rule=rule)
+  return build
+
+
+def _adam_hd(rule):
+  def build(alpha0, beta, wd):
+    return hgo.adam_hd(alpha0, beta, weight_decay=wd, rule=rule)
+  return build
+
+
+def _adamw_hd(rule):
+  def build(alpha0, beta, wd):
+    return hgo.adamw_hd(alpha0, beta, weight_decay=wd, rule=rule)
+  return build
+
+
+def _hypergradient(alpha0, beta, wd):
+  # The wrapper's untuned defaults; the decay sits outside so that the
+  # hypergradient sees the same gradient Adam does.
+  kwargs = {} if beta is None else {"hyper_lr": beta}
+  return _coupled(wd, hgo.hypergradient(optax.adam(alpha0), **kwargs))
+
+
+def _method_table():
+  mult = "multiplicative"
+  add = "additive"
+  nesterov = (MOMENTUM, True)
+  rows = [
+      Method("sgd", "base", lambda a, b, wd: _coupled(wd, optax.sgd(a)),
+             None, _fixed_rate, None, "SGD"),
+      Method("sgd_hd", "hd", _sgd_hd(None, False, add), BETA_SGD, _hd_rate,
+             None, "SGD-HD (paper)"),
+      Method("sgdn", "base",
+             lambda a, b, wd: _coupled(
+                 wd, optax.sgd(a, momentum=MOMENTUM, nesterov=True)),
+             None, _fixed_rate, None, "SGD, Nesterov μ=0.9"),
+      Method("sgdn_hd", "hd", _sgd_hd(*nesterov, add), BETA_SGD, _hd_rate,
+             None, "SGDN-HD (paper)"),
+      Method("adam", "base", lambda a, b, wd: _coupled(wd, optax.adam(a)),
+             None, _fixed_rate, None, "Adam"),
+      Method("adam_hd", "hd", _adam_hd(add), BETA_ADAM, _hd_rate, None,
+             "Adam-HD (paper)"),
+      Method("adamw", "base",
+             lambda a, b, wd: optax.adamw(a, weight_decay=wd),
+             None, _fixed_rate, None, "AdamW (decoupled decay)"),
+      Method("adamw_hd", "hd", _adamw_hd(add), BETA_ADAM, _hd_rate, None,
+             "AdamW-HD (decoupled decay)"),
+      Method("sgd_hd_mult", "hd", _sgd_hd(None, False, mult),
+             BETA_MULTIPLICATIVE, _hd_rate, None, "SGD-HD, multiplicative"),
+      Method("sgdn_hd_mult", "hd", _sgd_hd(*nesterov, mult),
+             BETA_MULTIPLICATIVE, _hd_rate, None, "SGDN-HD, multiplicative"),
+      Method("adam_hd_mult", "hd", _adam_hd(mult), BETA_MULTIPLICATIVE,
+             _hd_rate, None, "Adam-HD, multiplicative"),
+      Method("adamw_hd_mult", "hd", _adamw_hd(mult), BETA_MULTIPLICATIVE,
+             _hd_rate, None, "AdamW-HD, multiplicative"),
+      Method("hypergradient", "hd", _hypergradient, None, _hd_rate, None,
+             "hypergradient(optax.adam(α0)), untuned defaults"),
+      Method("prodigy", "peer",
+             lambda a, b, wd: _coupled(wd, contrib.prodigy()), None,
+             _field_rate(contrib.ProdigyState, "estim_lr"), None,
+             "optax.contrib.prodigy()"),
+      Method("dadapt_adamw", "peer",
+             lambda a, b, wd: _coupled(wd, contrib.dadapt_adamw()), None,
+             _field_rate(contrib.DAdaptAdamWState, "estim_lr"), None,
+             "optax.contrib.dadapt_adamw()"),
+      Method("dog", "peer", lambda a, b, wd: _coupled(wd, contrib.dog()),
+             None, _no_rate, None, "optax.contrib.dog()"),
+      Method("mechanize", "peer",
+             lambda a, b, wd: _coupled(
+                 wd, contrib.mechanize(optax.adam(1.0))), None,
+             _field_rate(contrib.MechanicState, "s"), None,
+             "optax.contrib.mechanize(optax.adam(1.0))"),
+      Method("cocob", "peer", lambda a, b, wd: _coupled(wd, contrib.cocob()),
+             None, _no_rate, None, "optax.contrib.cocob()"),
+      Method("schedule_free_adamw", "peer",
+             lambda a, b, wd: _coupled(wd, contrib.schedule_free_adamw()),
+             None, _no_rate, _schedule_free_eval,
+             "optax.contrib.schedule_free_adamw() (loss at its eval params)"),
+  ]
+  return {m.name: m for m in rows}
+
+
+METHODS = _method_table()
+
+GROUPS = {
+    "paper": ("sgd", "sgd_hd", "sgdn", "sgdn_hd", "adam", "adam_hd"),
+    "base": tuple(n for n, m in METHODS.items() if m.family == "base"),
+    "hd": tuple(n for n, m in METHODS.items() if m.family == "hd"),
+    "peers": tuple(n for n, m in METHODS.items() if m.family == "peer"),
+    "all": tuple(METHODS),
+}
+
+# Which base optimizer each HD method adapts (for pairing in tables).
+BASE_OF = {
+    "sgd_hd": "sgd", "sgd_hd_mult": "sgd", "sgdn_hd": "sgdn",
+    "sgdn_hd_mult": "sgdn", "adam_hd": "adam", "adam_hd_mult": "adam",
+    "hypergradient": "adam", "adamw_hd": "adamw", "adamw_hd_mult": "adamw",
+}
+
+
+def parse_methods(spec: str) -> tuple[str, ...]:
+  """``'sgd,adam_hd'`` or a group name (``paper``, ``hd``, ``all``...).
+
+  Raises:
+    ValueError: naming the unknown method and listing the known ones.
+  """
+  names = []
+  for item in (s.strip() for s in spec.split(",")):
+    if not item:
+      continue
+    if item in GROUPS:
+      names.extend(GROUPS[item])
+    elif item in METHODS:
+      names.append(item)
+    else:
+      raise ValueError(
+          f"unknown method {item!r}; choose from {', '.join(METHODS)} or a "
+          f"group ({', '.join(GROUPS)}).")
+  if not names:
+    raise ValueError("no method given.")
+  return tuple(dict.fromkeys(names))
+
+
+def beta_for(method: Method, beta: Optional[float]) -> Optional[float]:
+  """``--beta`` for the HD methods when given, else the method's default."""
+  if method.family != "hd":
+    return None
+  return beta if beta is not None else method.default_beta
