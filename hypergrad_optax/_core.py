@@ -109,7 +109,9 @@ def init_rate(value: Any, params: Any, granularity: str,
     return value
   if granularity == "per-tensor":
     return jax.tree.map(lambda _: value, params)
-  return jax.tree.map(lambda p: jnp.full(p.shape, value, dtype), params)
+  # full_like, not full(shape): per-element rates take each parameter's
+  # sharding, which explicit-sharding jit requires where they meet.
+  return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
 def _leafwise(op, a, b, granularity: str, dtype,
@@ -220,8 +222,11 @@ def next_rate(
     proposed = jax.tree.map(multiplicative, rate, h, gg, dd)
 
   if previous_grad_norm is not None:
+    # β = 0 must reproduce the inner optimizer exactly: no cap either.
+    adapting = True if hyper_optimizer is not None else beta > 0
     proposed = jax.tree.map(
-        lambda r, p, h, n, dd: _cap_at_secant(r, p, sign * h, n * jnp.sqrt(dd)),
+        lambda r, p, h, n, dd: _cap_at_secant(r, p, sign * h, n * jnp.sqrt(dd),
+                                              adapting),
         rate, proposed, h, previous_grad_norm, dd)
 
   def guard(old, new):
@@ -254,7 +259,7 @@ def _hyper_step(hyper_optimizer, hyper_state, rate, hypergrad):
           jax.tree.map(keep, new_state, hyper_state))
 
 
-def _cap_at_secant(rate, proposed, slope_now, bound_before):
+def _cap_at_secant(rate, proposed, slope_now, bound_before, adapting=True):
   """Caps the rate after a large overshoot of the last step.
 
   Along the last step, ``φ(σ) = f(θ_{t-2} + σ D_{t-1})`` had slope
@@ -266,9 +271,9 @@ def _cap_at_secant(rate, proposed, slope_now, bound_before):
   exceeds the old gradient's norm, as in divergence) keeps gradient noise,
   which gives small cosines in high dimension, from triggering it. No rule
   that changes the rate by a bounded ratio per step shrinks it fast enough
-  when the step is far too large.
+  when the step is far too large. ``adapting`` False (``β = 0``) disables it.
   """
-  overshoot = slope_now > bound_before
+  overshoot = (slope_now > bound_before) & adapting
   secant = rate * bound_before / jnp.where(overshoot,
                                            bound_before + slope_now, 1)
   return jnp.where(overshoot, jnp.minimum(proposed, secant), proposed)
