@@ -10,16 +10,22 @@ from hypergrad_optax._aliases import adamw_hd
 from hypergrad_optax._aliases import sgd_hd
 from hypergrad_optax._core import HypergradientState
 from hypergrad_optax._core import ScaleByHypergradientState
+from hypergrad_optax._hyperparams import AdaptHyperparamsState
+from hypergrad_optax._hyperparams import adapt_hyperparams
+from hypergrad_optax._hyperparams import default_reparametrization
 from hypergrad_optax._logging import get_learning_rate
 from hypergrad_optax._wrapper import hypergradient
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AdaptHyperparamsState",
     "HypergradientState",
     "ScaleByHypergradientState",
     "adam_hd",
     "adamw_hd",
+    "adapt_hyperparams",
+    "default_reparametrization",
     "get_learning_rate",
     "hypergradient",
     "sgd_hd",
