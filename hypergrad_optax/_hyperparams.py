@@ -64,7 +64,35 @@ class AdaptHyperparamsState(NamedTuple):
 
 
 def default_reparametrization(name: str) -> str:
-  """``'logit'`` for decay rates, ``'log'`` for positive scales, else identity."""
+  r"""The coordinates in which :func:`adapt_hyperparams` adapts a hyperparameter.
+
+  Hypergradient steps are taken on an unconstrained :math:`\phi`, mapped to
+  the hyperparameter :math:`\lambda` by
+
+  .. math::
+    \text{logit:}\ \lambda = \sigma(\phi), \qquad
+    \text{log:}\ \lambda = e^{\phi}, \qquad
+    \text{identity:}\ \lambda = \phi,
+
+  so that decay rates stay in (0, 1) and scales stay positive.
+
+  Args:
+    name: a hyperparameter's keyword name in the optimizer's factory.
+
+  Returns:
+    ``'logit'`` for decay rates (``b1``, ``b2``, ``momentum``, ``decay``,
+    ...), ``'log'`` for positive scales (``learning_rate``, ``eps``,
+    ``weight_decay``, ...), else ``'identity'``.
+
+  Example:
+    >>> import hypergrad_optax as hgo
+    >>> [hgo.default_reparametrization(n) for n in ("b1", "eps", "nesterov")]
+    ['logit', 'log', 'identity']
+
+  References:
+    Chandra et al., `Gradient Descent: The Ultimate Optimizer
+    <https://arxiv.org/abs/1909.13371>`_, NeurIPS 2022.
+  """
   if name in _LOGIT_NAMES:
     return "logit"
   if name in _LOG_NAMES:
