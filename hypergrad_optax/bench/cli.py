@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "Fashion-MNIST) or CIFAR-10 python batches")
   parser.add_argument("--out", default="results/bench",
                       help="output folder (default: %(default)s)")
+  parser.add_argument("--resume", action="store_true",
+                      help="reuse finished runs whose CSV is in --out")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bars")
   return parser
@@ -131,7 +133,7 @@ def _run_plan(method_names, alphas):
 
 
 def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
-             method_names, out_dir: str) -> list[report.Row]:
+             method_names, out_dir: str, on_row) -> list[report.Row]:
   """Runs every (method, α0) of one task; writes CSVs and plots."""
   model = task.model()
   epochs = args.epochs or task.default_epochs
@@ -142,15 +144,18 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
     beta = methods_lib.beta_for(method, args.beta)
     label = "lr-free" if alpha0 is None else f"a{alpha0:g}"
     desc = f"[{number}/{len(plan)}] {task.name} {name} {label}"
-    result = train_lib.train(
-        dataset, model, method,
-        alpha0=1e-3 if alpha0 is None else alpha0, beta=beta, epochs=epochs,
-        batch_size=args.batch_size, seed=args.seed,
-        weight_decay=args.weight_decay, progress=not args.no_progress,
-        desc=desc)
     csv_path = os.path.join(plots.ensure_dir(os.path.join(
         out_dir, task.name, label)), f"{name}.csv")
-    train_lib.write_csv(csv_path, result.rows)
+    result = (train_lib.result_from_csv(csv_path, epochs) if args.resume
+              else None)
+    if result is None:
+      result = train_lib.train(
+          dataset, model, method,
+          alpha0=1e-3 if alpha0 is None else alpha0, beta=beta,
+          epochs=epochs, batch_size=args.batch_size, seed=args.seed,
+          weight_decay=args.weight_decay, progress=not args.no_progress,
+          desc=desc)
+      train_lib.write_csv(csv_path, result.rows)
     runs[(name, alpha0)] = train_lib.read_csv(csv_path)
     row = report.Row(
         task.name, name, method.family,
@@ -158,6 +163,7 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
         result.final_loss_epoch, result.final_valid_loss, result.final_alpha,
         result.seconds, "diverged" if result.diverged else "ok")
     rows.append(row)
+    on_row(rows)
     print(f"{desc}: final train loss {row.loss_epoch:.4g}, valid "
           f"{row.valid_loss:.4g}, α {row.alpha:.3g}, {row.seconds:.1f}s",
           flush=True)
@@ -181,6 +187,16 @@ def _plot_task(task, runs, rows, alphas, out_dir):
         f"{task.description}: robustness to α0", runs, final)
 
 
+def write_summary(out_dir: str, rows: list[report.Row]) -> str:
+  """summary.csv and summary.md (rewritten after every run, so an
+  interrupted benchmark keeps what it finished)."""
+  report.write_summary_csv(os.path.join(out_dir, "summary.csv"), rows)
+  text = report.summary_text(rows)
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(text)
+  return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "cost":
@@ -202,16 +218,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         loaded[task.dataset] = data_lib.load(task.dataset, args.data_dir,
                                              args.seed)
       rows += run_task(task, loaded[task.dataset], args, method_names,
-                       out_dir)
+                       out_dir,
+                       lambda done: write_summary(out_dir, rows + done))
   except data_lib.DataError as err:
     parser.exit(2, f"hypergrad-bench: error: {err}\n")
   except ValueError as err:
     parser.error(str(err))
-  report.write_summary_csv(os.path.join(out_dir, "summary.csv"), rows)
-  text = report.summary_text(rows)
-  with open(os.path.join(out_dir, "summary.md"), "w") as f:
-    f.write(text)
-  print("\n" + text)
+  print("\n" + write_summary(out_dir, rows))
   print(f"CSVs, summary.csv, summary.md and plots in {out_dir}")
   return 0
 

@@ -1,8 +1,8 @@
 """The paper's models as pure functions with PyTorch-default initialisation.
 
 ``torch.nn.Linear`` and ``torch.nn.Conv2d`` draw weights and biases from
-``U(-1/√fan_in, 1/√fan_in)`` (Kaiming-uniform with ``a=√5``); the reference
-runs use that, so do we.
+``U(-1/√fan_in, 1/√fan_in)`` (Kaiming-uniform with ``a=√5``); the
+reference runs use that, so do we.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def init_conv(key, in_channels: int, out_channels: int, size: int) -> Params:
 
 
 def mlp(hidden: Sequence[int], num_classes: int = 10) -> Model:
-  """Flattened input, ReLU hidden layers; ``hidden=()`` is logistic regression."""
+  """Flattened input, ReLU hidden layers; ``hidden=()``: logistic regression."""
 
   def init(key, input_shape):
     sizes = [int(np.prod(input_shape))] + list(hidden) + [num_classes]
@@ -74,7 +74,7 @@ def _max_pool(x):
 
 def cnn(channels: Sequence[int] = (16, 32), hidden: int = 128,
         num_classes: int = 10) -> Model:
-  """A small VGG-like stand-in: [3x3 conv, ReLU, 2x2 max-pool] x n, two dense."""
+  """A small VGG-like stand-in: [3x3 conv, ReLU, 2x2 max-pool] x n, 2 dense."""
 
   def init(key, input_shape):
     height, width, in_channels = input_shape

@@ -41,7 +41,8 @@ class RunResult(NamedTuple):
 
 
 def _chunk_fn(loss_fn, tx, rate_fn, alpha0):
-  """``(params, state, x, y, idx[steps, batch]) -> params, state, losses, rates``."""
+  """``(params, state, x, y, idx[steps, batch])`` to ``(params, state,
+  losses, rates)``."""
 
   @jax.jit
   def run(params, state, x, y, batches):
@@ -156,6 +157,29 @@ def _format(value: Any) -> str:
   if isinstance(value, float):
     return f"{value:.6g}"
   return str(value)
+
+
+def result_from_csv(path: str, epochs: int) -> Optional[RunResult]:
+  """A finished run's result read back from its CSV, or None when the CSV
+  is missing, unreadable or stops before ``epochs`` without diverging."""
+  try:
+    columns = read_csv(path)
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  if len(columns.get("epoch", ())) == 0:
+    return None
+  diverged = not np.all(np.isfinite(columns["loss"]))
+  done = ~np.isnan(columns["loss_epoch"])
+  if not diverged and (not np.any(done) or
+                       columns["epoch"][done][-1] < epochs):
+    return None
+
+  def last(name):
+    return float(columns[name][done][-1]) if np.any(done) else math.nan
+
+  return RunResult(last("loss_epoch"), last("valid_loss_epoch"),
+                   float(columns["alpha"][-1]), float(columns["time"][-1]),
+                   diverged, [])
 
 
 def read_csv(path: str) -> dict:
