@@ -367,7 +367,7 @@ def hypergradient_descent(
       if params is None:
         raise ValueError(
             "weight_decay needs the parameters: call "
-            "update(grads, state, params). " + optax.NO_PARAMS_MSG)
+            "update(grads, state, params); got params=None.")
       updates = jax.tree.map(
           lambda g, p: g + (weight_decay * p).astype(g.dtype), updates, params)
     if not store_previous:
