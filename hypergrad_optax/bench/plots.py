@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from hypergrad_optax.bench import methods as methods_lib  # pylint: disable=wrong-import-position
+
 # Runs keyed by (method, alpha0) -> columns from train.read_csv; alpha0 is
 # None for the learning-rate-free peers.
 Runs = Mapping[tuple, Mapping[str, np.ndarray]]
@@ -24,12 +26,14 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def _style(method: str) -> dict:
-  # HD variants solid, bases dashed, peers dotted: as in the paper's legends.
-  if "hd" in method or method == "hypergradient":
-    return {"linestyle": "-"}
-  if method in ("sgd", "sgdn", "adam", "adamw"):
-    return {"linestyle": "--"}
-  return {"linestyle": ":"}
+  """One colour per method in every figure; HD solid, bases dashed, peers
+  dotted (as in the paper's legends)."""
+  names = list(methods_lib.METHODS)
+  index = names.index(method) if method in names else len(names)
+  color = plt.get_cmap("tab20")(index % 20)
+  family = methods_lib.METHODS[method].family if method in names else "peer"
+  linestyle = {"hd": "-", "base": "--"}.get(family, ":")
+  return {"linestyle": linestyle, "color": color}
 
 
 def _epoch_points(columns):
@@ -61,11 +65,12 @@ def plot_run_set(path: str, title: str, runs: Runs) -> None:
     ax.set_title(label)
     ax.set_xlabel(xlabel)
     ax.grid(True, which="both", alpha=0.3)
-  axes[3].legend(fontsize=7, ncol=2)
-  axes[1].legend(fontsize=7, ncol=2)
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
+             fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=80, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -106,10 +111,11 @@ def plot_robustness(path: str, title: str, runs: Runs,
   ax.set_xlabel("α0")
   ax.set_title("final training loss")
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=6, ncol=2)
+  fig.legend(*ax.get_legend_handles_labels(), loc="center left",
+             bbox_to_anchor=(1.0, 0.5), fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=80, bbox_inches="tight")
   plt.close(fig)
 
 
