@@ -504,22 +504,24 @@ PAPER = [
         ## At MNIST scale: the benchmark's CSVs
 
         The benchmark command `hypergrad-bench` (installed with the package; see
-        `hypergrad-bench --help`) runs the paper's tasks and writes one CSV per run, with the
-        reference code's columns (`Epoch, Iteration, Loss, LossEpoch, ValidLossEpoch, Alpha, …`).
-        Point `HGO_BENCH_DIR` at its output folder and this cell plots the loss and rate of every
-        run found there.
+        `hypergrad-bench --help`) runs the paper's tasks (MNIST, CIFAR-10, or digits offline) and
+        writes one CSV per run, with per-iteration columns
+        `epoch, iteration, time, loss, loss_epoch, valid_loss_epoch, alpha`. Run, for example,
+        `hypergrad-bench --out results/digits`, point `HGO_BENCH_DIR` at the output folder, and
+        this cell plots the loss and rate of every run found there.
     '''),
     code('''
         import csv
 
         def read_run(path):
+            """Per-iteration loss and rate of one run (None for other CSVs, e.g. summaries)."""
             with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            if not rows or not {"Loss", "Alpha"} <= set(rows[0]):
+                rows = [{k.lower(): v for k, v in row.items()} for row in csv.DictReader(f)]
+            if not rows or not {"loss", "alpha"} <= set(rows[0]):
                 return None
             col = lambda name: np.array([float(r[name]) if r.get(name) not in ("", None)
                                          else np.nan for r in rows])
-            return col("Loss"), col("Alpha")
+            return col("loss"), col("alpha")
 
         bench_dir = os.environ.get("HGO_BENCH_DIR", "")
         runs = {}
