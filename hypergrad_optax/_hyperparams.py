@@ -309,6 +309,14 @@ def adapt_hyperparams(
              for i, n in enumerate(names)}
     new_updates, du, inner_state = jax.vmap(
         jvp, out_axes=(None, 0, None))(basis)
+    # A finite update entry with a non-finite tangent is forward mode's
+    # 0 * inf: Adam's sqrt(v̂) at v̂ = 0, for a coordinate whose gradient has
+    # always been 0 (a constant input feature, a dead unit), where u = 0 for
+    # every λ and the derivative is 0. Left as NaN it would make h_t NaN at
+    # every step, so b2 (and anything adapted with it) would never move.
+    du = jax.tree.map(
+        lambda d, u: jnp.where(jnp.isfinite(d) | ~jnp.isfinite(u), d,
+                               jnp.zeros_like(d)), du, new_updates)
     tangents = {n: optax.tree.cast_like(jax.tree.map(lambda d: d[i], du),  # pylint: disable=cell-var-from-loop
                                         tangents[n])
                 for i, n in enumerate(names)}
