@@ -108,7 +108,9 @@ def init_rate(value: Any, params: Any, granularity: str,
   if granularity == "global":
     return value
   if granularity == "per-tensor":
-    return jax.tree.map(lambda _: value, params)
+    # One array per leaf, not one shared: a state holding the same buffer
+    # twice cannot be donated (jit(..., donate_argnums) rejects it).
+    return jax.tree.map(lambda _: jnp.array(value), params)
   # full_like, not full(shape): per-element rates take each parameter's
   # sharding, which explicit-sharding jit requires where they meet.
   return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
