@@ -134,3 +134,22 @@ def test_two_processes_match_single_process():
                                  atol=1e-6)
   # Both processes hold the very same replicated values.
   assert outputs[0] == outputs[1]
+
+
+def test_data_parallel_example_runs_on_8_devices():
+  result = subprocess.run(
+      [sys.executable, str(_HERE.parent / "examples" / "data_parallel.py"),
+       "--steps", "60", "--log-every", "20"],
+      env=_subprocess_env(
+          XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-4000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("8 devices")
+  logged = [line.split() for line in lines if line.startswith("step")]
+  assert [int(words[1]) for words in logged] == [1, 20, 40, 60]
+  losses = [float(words[3]) for words in logged]
+  rates = [float(words[6]) for words in logged]
+  assert losses[-1] < 0.7 * losses[0]
+  assert rates[0] == pytest.approx(1e-4) and rates[-1] > 2e-4
+  assert lines[-1].endswith("parameters on 8 devices")
