@@ -29,6 +29,7 @@ def _generator():
 def test_there_are_notebooks():
   assert "quickstart.ipynb" in NOTEBOOKS
   assert "paper_reproduction.ipynb" in NOTEBOOKS
+  assert "beyond.ipynb" in NOTEBOOKS
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
