@@ -172,6 +172,21 @@ def state_specs(state, axes):
   return jax.tree.map(lambda a: P() if a.ndim == 0 else P(axes), state)
 
 
+def _fsdp_local_step(tx, axes):
+  """One step on local shards of the parameters and of the batch."""
+  def local_loss(local_params, x, y):
+    full = jax.tree.map(
+        lambda a: jax.lax.all_gather(a, axes, tiled=True), local_params)
+    return loss_fn(full, x, y)
+
+  def local_step(params, state, x, y):
+    grads = jax.grad(local_loss)(params, x, y)
+    grads = jax.tree.map(lambda g: g / N, grads)  # mean over the batch shards
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return local_step
+
+
 def shard_map_fsdp(name, ref, axes=("x",), mesh_shape=(N,), use_axis_name=True):
   """shard_map with every leaf split along dim 0 over ``axes`` (ZeRO-3).
 
@@ -187,17 +202,7 @@ def shard_map_fsdp(name, ref, axes=("x",), mesh_shape=(N,), use_axis_name=True):
   param_specs = jax.tree.map(lambda _: P(axes), params)
   specs = state_specs(state, axes)
 
-  def local_loss(local_params, x, y):
-    full = jax.tree.map(
-        lambda a: jax.lax.all_gather(a, axes, tiled=True), local_params)
-    return loss_fn(full, x, y)
-
-  def local_step(params, state, x, y):
-    grads = jax.grad(local_loss)(params, x, y)
-    grads = jax.tree.map(lambda g: g / N, grads)  # mean over the batch shards
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  local_step = _fsdp_local_step(tx, axes)
   in_specs = (param_specs, specs, P(axes), P(axes))
   step = jax.jit(jax.shard_map(
       local_step, mesh=mesh, in_specs=in_specs,
@@ -208,6 +213,27 @@ def shard_map_fsdp(name, ref, axes=("x",), mesh_shape=(N,), use_axis_name=True):
   final_params, final_state = run(
       step, *place(mesh, (params, state, x, y), in_specs))
   return summary(final_params, final_state, *ref[1], ref[0])
+
+
+def pmap_fsdp(name, ref):
+  """``jax.pmap`` with every leaf split along dim 0 and axis_name given."""
+  params, x, y = problem()
+  tx = OPTIMIZERS[name](axis_name="x")
+  state = tx.init(params)
+  # A leading device axis: scalars repeated, everything else split.
+  split = lambda a: (jnp.broadcast_to(a, (N,)) if a.ndim == 0  # pylint: disable=g-long-lambda
+                     else a.reshape(N, a.shape[0] // N, *a.shape[1:]))
+  step = jax.pmap(_fsdp_local_step(tx, "x"), axis_name="x")
+  final_params, final_state = run(
+      step, *jax.tree.map(split, (params, state, x, y)))
+  agree = all(bool(jnp.all(a[0] == a)) for a in jax.tree.leaves(final_state)
+              if a.ndim == 1 and a.shape[0] == N)
+  join = lambda a, like: a[0] if like.ndim == 0 else a.reshape(like.shape)  # pylint: disable=unnecessary-lambda-assignment
+  final_params, final_state = jax.tree.map(
+      join, (final_params, final_state), (params, state))
+  result = summary(final_params, final_state, *ref[1], ref[0])
+  result["replicas_agree"] = agree
+  return result
 
 
 def shard_map_data_parallel(name, ref):
@@ -251,6 +277,8 @@ SCENARIOS = {
     "shard_map_fsdp_2d": (
         functools.partial(shard_map_fsdp, axes=("a", "b"), mesh_shape=(2, 4)),
         ["wrap-adam", "wrap-sgd-additive-per-tensor"]),
+    "pmap_fsdp": (pmap_fsdp, ["wrap-adam", "wrap-sgd-additive-per-tensor",
+                              "wrap-sgd-per-element"]),
     # Negative control: a dot over the local shard is partial.
     "shard_map_fsdp_no_axis_name": (
         functools.partial(shard_map_fsdp, use_axis_name=False),

@@ -77,9 +77,15 @@ def test_donated_buffers_are_consumed(sharded):
 
 
 @pytest.mark.parametrize("scenario", [
-    "shard_map_data_parallel", "shard_map_fsdp", "shard_map_fsdp_2d"])
-def test_shard_map_matches_single_device(sharded, scenario):
+    "shard_map_data_parallel", "shard_map_fsdp", "shard_map_fsdp_2d",
+    "pmap_fsdp"])
+def test_shard_map_and_pmap_match_single_device(sharded, scenario):
   _assert_matches_single_device(sharded[scenario])
+
+
+def test_pmap_replicas_hold_one_rate(sharded):
+  for name, run in sharded["pmap_fsdp"].items():
+    assert run["replicas_agree"], name
 
 
 def test_shard_map_without_axis_name_is_partial(sharded):
