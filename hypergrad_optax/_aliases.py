@@ -115,7 +115,10 @@ def _adam_direction(b1, b2, eps):
       correction2 = 1 - jnp.asarray(b2, dtype) ** count.astype(dtype)
       m_hat = m / correction1.astype(m.dtype)
       v_hat = v / correction2.astype(v.dtype)
-      return m_hat / (jnp.sqrt(v_hat) + jnp.asarray(eps, v.dtype))
+      # ε as a run-time scalar (ε + 0·count, exact): a compile-time one is
+      # materialised as a parameter-sized array on CPU, a costly extra pass.
+      eps_now = jnp.asarray(eps, dtype) + count.astype(dtype) * 0
+      return m_hat / (jnp.sqrt(v_hat) + eps_now.astype(v.dtype))
     return jax.tree.map(leaf, adam_state.mu, adam_state.nu)
   return previous_direction
 

@@ -281,6 +281,26 @@ def _cap_at_secant(rate, proposed, slope_now, bound_before, adapting=True):
   return jnp.where(overshoot, jnp.minimum(proposed, secant), proposed)
 
 
+def _ordered_after(rate: Rate, tree: optax.Updates,
+                   granularity: str) -> optax.Updates:
+  """``tree``, selected by a predicate on ``rate`` that always holds.
+
+  The hypergradient reads the old state (the stored ``D_{t-1}``, or the
+  moments it is recomputed from); the step then overwrites that state, in
+  place when the caller donates it. Unless the overwrite depends on the
+  hypergradient by data, XLA cannot order the two and copies every such
+  state buffer first, which made the optimizer step several times slower on
+  CPU (an ``optimization_barrier`` is dropped there). A ``select`` on
+  ``r == r`` (the rate is never NaN) adds that dependence without changing
+  any value.
+  """
+  def leaf(r, g):
+    return jnp.where(r == r, g, jnp.zeros_like(g))  # pylint: disable=comparison-with-itself
+  if granularity == "global":
+    return jax.tree.map(lambda g: leaf(rate, g), tree)
+  return jax.tree.map(leaf, rate, tree)
+
+
 def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
                   granularity: str, like: optax.Updates) -> optax.Updates:
   """``sign * rate ⊙ direction`` in the rate's precision, cast like ``like``."""
@@ -381,6 +401,11 @@ def hypergradient_descent(
         granularity=granularity, min_rate=min_rate, max_rate=max_rate,
         previous_grad_norm=grad_norm if overshoot_guard else None,
         axis_name=axis_name)
+    if not store_previous:
+      # The direction overwrites the state d_{t-1} was recomputed from. (Not
+      # done otherwise: it changes how XLA fuses, and so rounds, the inner
+      # optimizer, which hyper_lr=0 must reproduce bit for bit.)
+      updates = _ordered_after(rate, updates, granularity)
     new_direction, inner_state = direction.update(
         updates, inner_state, params, **extra_args)
     like = updates if params is None else params
@@ -388,7 +413,8 @@ def hypergradient_descent(
                                 granularity=granularity, like=like)
     if store_previous:
       # Cast to the stored dtype so that the state's dtypes never drift.
-      previous = optax.tree.cast_like(new_direction, state[3])
+      previous = optax.tree.cast_like(
+          _ordered_after(rate, new_direction, granularity), state[3])
     if overshoot_guard:
       grad_norm = new_grad_norm
     # A recomputed d_{t-1} is not state: keep init's empty placeholder, so
