@@ -396,15 +396,25 @@ PAPER = [
 
         The paper's Figure 2: per-epoch training loss (top), validation loss (middle) and the
         adapted rate per iteration (bottom), for logistic regression and the MLP.
+
+        Each method is compiled once per model and run, vmapped, on seven `(α0, β)` pairs: the
+        paper's `(1e-3, β)` for this figure and `(α0, 1e-4)` for `α0 ∈ {1e-1, …, 1e-6}` for the
+        next one.
     '''),
     code('''
         ALPHA0 = 1e-3
-        curves = {}
+        ALPHAS = np.array([1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
+        curves, final = {}, {}
         start = time.perf_counter()
         for model in MODELS:
             for method in METHODS:
-                curves[model, method] = run(method, model, [ALPHA0], [PAPER_BETA.get(method, 0.0)])
-        print(f"{len(curves)} runs in {time.perf_counter() - start:.0f}s")
+                hd = method.endswith("-HD")
+                loss, rate, valid = run(method, model, [ALPHA0, *ALPHAS],
+                                        [PAPER_BETA.get(method, 0.0)] + [1e-4 if hd else 0.0] * 6)
+                curves[model, method] = loss[:1], rate[:1], valid[:1]
+                final[model, method] = loss[1:, -1].mean(axis=-1)   # for Figure 2
+        print(f"{len(curves)} compilations, {7 * len(curves)} runs in "
+              f"{time.perf_counter() - start:.0f}s")
 
         colors = dict(zip(METHODS, plt.cm.tab10.colors))
         fig, axes = plt.subplots(3, 2, figsize=(11, 9))
@@ -438,33 +448,25 @@ PAPER = [
         ## Figure 2: robustness to the initial learning rate
 
         The paper's Figure 4: final training loss for `α0 ∈ {1e-1, …, 1e-6}` with `β = 1e-4`
-        for every HD variant. One compiled, vmapped run per method covers the whole `α0` range.
+        for every HD variant (the runs above), for both models.
     '''),
     code('''
-        ALPHAS = np.array([1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
-        ROBUST_MODEL = "logreg" if SMALL else "mlp"
-        ROBUST_EPOCHS = 10 if SMALL else 50
-        final = {}
-        start = time.perf_counter()
-        for method in METHODS:
-            beta = 1e-4 if method.endswith("-HD") else 0.0
-            loss, rate, _ = run(method, ROBUST_MODEL, ALPHAS, beta, epochs=ROBUST_EPOCHS)
-            final[method] = loss[:, -1].mean(axis=-1)
-        print(f"{ROBUST_MODEL}, {ROBUST_EPOCHS} epochs, {time.perf_counter() - start:.0f}s")
-
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), sharey=True)
-        for ax, base in zip(axes, ("SGD", "SGDN", "Adam")):
-            for method in (base, base + "-HD"):
-                ax.plot(ALPHAS, final[method], "o-" if method.endswith("-HD") else "s--",
-                        color=colors[method], label=method)
-            ax.set(xscale="log", yscale="log", xlabel="initial learning rate α0", title=base)
-            ax.invert_xaxis(); ax.legend()
-        axes[0].set_ylabel(f"final-epoch training loss")
+        fig, axes = plt.subplots(len(MODELS), 3, figsize=(12, 3.3 * len(MODELS)), squeeze=False)
+        for row, model in enumerate(MODELS):
+            for ax, base in zip(axes[row], ("SGD", "SGDN", "Adam")):
+                for method in (base, base + "-HD"):
+                    ax.plot(ALPHAS, final[model, method], "o-" if method.endswith("-HD") else "s--",
+                            color=colors[method], label=method)
+                ax.set(xscale="log", yscale="log", xlabel="initial learning rate α0",
+                       title=f"{model}: {base}")
+                ax.invert_xaxis(); ax.legend(fontsize=8)
+            axes[row, 0].set_ylabel("final-epoch training loss")
         plt.tight_layout(); plt.show()
 
-        print("alpha0  " + "".join(f"{m:>10s}" for m in METHODS))
-        for i, a in enumerate(ALPHAS):
-            print(f"{a:6.0e}  " + "".join(f"{final[m][i]:10.4f}" for m in METHODS))
+        for model in MODELS:
+            print(f"{model}, {EPOCHS[model]} epochs; alpha0  " + "".join(f"{m:>9s}" for m in METHODS))
+            for i, a in enumerate(ALPHAS):
+                print(f"{a:30.0e}  " + "".join(f"{final[model, m][i]:9.4f}" for m in METHODS))
     '''),
     md('''
         ## Figure 3: the `α0 × β` grid
