@@ -46,19 +46,31 @@ html_title = f"hypergrad_optax {release}"
 html_static_path = []
 
 # docs/results.md and docs/beyond.md are written by the benchmark and
-# beyond-the-paper work and may not exist yet: index.md's toctree lists the
-# ones that do (a toctree entry or glob that matches nothing is a warning).
-# docs/results/ holds their data and figures, not pages.
-exclude_patterns += ["results/**"]
+# beyond-the-paper work and may not exist yet: index.md's hidden toctree lists
+# the ones that do (a toctree entry or glob that matches nothing is a
+# warning), plus any pages under docs/results/ (run summaries that
+# results.md links to), so that those links resolve.
+import glob  # pylint: disable=wrong-import-position,wrong-import-order
+
 OPTIONAL_PAGES = ("results", "beyond")
+
+
+def _optional_pages(srcdir):
+  pages = [name for name in OPTIONAL_PAGES
+           if os.path.exists(os.path.join(srcdir, name + ".md"))]
+  for path in sorted(glob.glob(os.path.join(srcdir, "results", "**", "*.md"),
+                               recursive=True)):
+    pages.append(os.path.relpath(path, srcdir)[:-len(".md")].replace(os.sep, "/"))
+  return pages
 
 
 def _list_optional_pages(app, docname, source):
   if docname == "index":
-    present = [name for name in OPTIONAL_PAGES
-               if os.path.exists(os.path.join(app.srcdir, name + ".md"))]
     source[0] = source[0].replace("<!-- optional pages -->",
-                                  "\n".join(present))
+                                  "\n".join(_optional_pages(app.srcdir)))
+  elif docname.startswith("results/") and not source[0].lstrip().startswith("# "):
+    # The benchmark's summary.md files start at "##": give them a title.
+    source[0] = f"# {docname[len('results/'):]}\n\n" + source[0]
 
 
 def setup(app):
