@@ -32,6 +32,8 @@ GROUPS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
         "adam": lambda: optax.adam(1e-3),
         "adam_hd": lambda: hgo.adam_hd(1e-3, 1e-7),
         "hypergradient(adam)": lambda: hgo.hypergradient(optax.adam(1e-3)),
+        "hypergradient(adam),bf16": lambda: hgo.hypergradient(
+            optax.adam(1e-3), buffer_dtype=jnp.bfloat16),
     },
     "sgd": {
         "sgd": lambda: optax.sgd(1e-3),
@@ -93,6 +95,24 @@ def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
   shapes = jax.eval_shape(tx.init, params)
   return sum(int(np.prod(s.shape)) * jnp.dtype(s.dtype).itemsize
              for s in jax.tree.leaves(shapes))
+
+
+def step_bytes_accessed(tx: optax.GradientTransformation, params: Any,
+                        batch_size: int = 128) -> float:
+  """XLA's estimate of the bytes one compiled training step reads and writes.
+
+  A deterministic complement to the timings: on a shared machine the
+  optimizer's extra memory passes are easier to see here than in the clock.
+  """
+  n_in = params["w0"].shape[0]
+  x = jax.ShapeDtypeStruct((batch_size, n_in), jnp.float32)
+  y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  state = jax.eval_shape(tx.init, params)
+  compiled = train_step_fn(tx).lower(params, state, x, y).compile()
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("bytes accessed", float("nan")))
 
 
 def step_overhead(
@@ -188,17 +208,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"MLP {'-'.join(map(str, sizes))} ({n_params:,} parameters), batch "
         f"{args.batch_size}, {args.rounds} rounds x {args.steps} steps, "
         f"{jax.devices()[0].platform}")
-  print(f"{'optimizer':<22}{'ms/step':>9}{'ratio':>8}{'(range)':>16}"
-        f"{'state MB':>10}{'B/param':>9}")
+  print(f"{'optimizer':<26}{'ms/step':>9}{'ratio':>8}{'(range)':>16}"
+        f"{'state MiB':>10}{'B/param':>9}{'XLA MiB/step':>13}{'ratio':>7}")
   for group in groups:
     timings = step_overhead(GROUPS[group], steps=args.steps,
                             rounds=args.rounds, batch_size=args.batch_size,
                             sizes=sizes)
+    base_traffic = None
     for name, t in timings.items():
-      nbytes = state_bytes(GROUPS[group][name](), params)
+      tx = GROUPS[group][name]()
+      nbytes = state_bytes(tx, params)
+      traffic = step_bytes_accessed(tx, params, args.batch_size)
+      base_traffic = base_traffic or traffic
       spread = f"[{t['ratio_min']:.3f}, {t['ratio_max']:.3f}]"
-      print(f"{name:<22}{t['ms']:>9.2f}{t['ratio']:>8.3f}{spread:>16}"
-            f"{nbytes / 2**20:>10.2f}{nbytes / n_params:>9.2f}")
+      print(f"{name:<26}{t['ms']:>9.2f}{t['ratio']:>8.3f}{spread:>16}"
+            f"{nbytes / 2**20:>10.2f}{nbytes / n_params:>9.2f}"
+            f"{traffic / 2**20:>13.1f}{traffic / base_traffic:>7.3f}")
   return 0
 
 
