@@ -203,8 +203,9 @@ QUICKSTART = [
 
         What to look for in the full-size run: with the default overshoot guard the rate keeps
         falling, by orders of magnitude, once the training loss has plateaued, and training
-        effectively stops; with `overshoot_guard=False` it settles near the rate that suits the late
-        phase and the training loss keeps decreasing. The guard exists for deterministic,
+        effectively stops (the guard's cap acts on minibatch noise here, in steps); with
+        `overshoot_guard=False` the rate only drifts down slowly and the training loss keeps
+        decreasing (about 0.013 against 0.045 after 30 epochs). The guard exists for deterministic,
         far-too-large steps (`hypergradient(optax.sgd(0.1))` on the Rosenbrock function); in
         minibatch training from a small rate, `overshoot_guard=False`, or a `min_rate`, keeps the
         rate alive.
