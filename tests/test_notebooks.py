@@ -66,3 +66,14 @@ def test_notebook_runs_top_to_bottom(name, monkeypatch):
       nb, timeout=600, kernel_name="python3",
       resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
   client.execute()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_first_code_cell_installs_and_detects(name):
+  """Colab-ready: installs the package when missing, reports the backend,
+  and reads the HGO_SMALL switch, before anything else runs."""
+  nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+  first = next(c for c in nb.cells if c.cell_type == "code").source
+  for needle in ('find_spec("hypergrad_optax")', "pip", "HGO_REPO_URL",
+                 "jax.default_backend()", "HGO_SMALL"):
+    assert needle in first, f"{name}: first code cell lacks {needle!r}"
