@@ -516,7 +516,8 @@ PAPER = [
         writes one CSV per run, with per-iteration columns
         `epoch, iteration, time, loss, loss_epoch, valid_loss_epoch, alpha`. Run, for example,
         `hypergrad-bench --out results/digits`, point `HGO_BENCH_DIR` at the output folder, and
-        this cell plots the loss and rate of every run found there.
+        this cell plots the loss and rate of every run found there (by default, the CSVs committed
+        under `docs/results/`, if any).
     '''),
     code('''
         import csv
@@ -531,7 +532,9 @@ PAPER = [
                                          else np.nan for r in rows])
             return col("loss"), col("alpha")
 
-        bench_dir = os.environ.get("HGO_BENCH_DIR", "")
+        # HGO_BENCH_DIR, else the CSVs committed under docs/results/ when run inside a clone.
+        bench_dir = os.environ.get("HGO_BENCH_DIR") or next(
+            (d for d in ("../docs/results", "docs/results") if os.path.isdir(d)), "")
         runs = {}
         if bench_dir:
             for path in sorted(glob.glob(os.path.join(bench_dir, "**", "*.csv"), recursive=True)):
@@ -539,7 +542,8 @@ PAPER = [
                 if run_ is not None:
                     runs[os.path.relpath(path, bench_dir)] = run_
         if not runs:
-            print("No benchmark CSVs (set HGO_BENCH_DIR to a `hypergrad-bench --out` folder).")
+            print(f"No benchmark CSVs in {bench_dir or '(none)'!r}; set HGO_BENCH_DIR to a "
+                  "`hypergrad-bench --out` folder.")
         else:
             fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4))
             for name, (loss, alpha) in list(runs.items())[:12]:
