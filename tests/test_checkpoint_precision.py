@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 import hypergrad_optax as hgo
+from hypergrad_optax.bench.cost import state_bytes
 
 _ADAM = pytest.mark.standard_promotion  # optax's Adam is not strict-clean
 
@@ -255,20 +256,14 @@ def test_donated_step_matches_undonated(make_tx):
   _assert_bit_identical(resumed, expected)
 
 
-def state_bytes(tree) -> int:
-  """Bytes of every array in an optimizer state."""
-  return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize
-             for a in jax.tree.leaves(tree))
-
-
 @_ADAM
 def test_state_bytes_per_variant(capsys):
   params, _, _ = _problem()
   n = sum(p.size for p in jax.tree.leaves(params))  # float32 entries
   leaves = len(jax.tree.leaves(params))
-  adam = state_bytes(optax.adam(1e-2).init(params))
-  sgd = state_bytes(optax.sgd(0.1).init(params))
-  momentum = state_bytes(optax.sgd(0.1, momentum=0.9).init(params))
+  adam = state_bytes(optax.adam(1e-2), params)
+  sgd = state_bytes(optax.sgd(0.1), params)
+  momentum = state_bytes(optax.sgd(0.1, momentum=0.9), params)
   bf16 = jnp.bfloat16
   # name: (optimizer, base optax optimizer's bytes, expected extra bytes).
   # The extra: a count and the rate (4 B each), plus the previous direction
@@ -301,7 +296,7 @@ def test_state_bytes_per_variant(capsys):
   }
   lines = [f"\n[optimizer state bytes, {n} float32 params = {4 * n} B]"]
   for name, (tx, base, extra) in variants.items():
-    total = state_bytes(tx.init(params))
+    total = state_bytes(tx, params)
     lines.append(f"  {name:34s} {total:7d} B = base {base:6d} + {extra:6d}")
     assert total == base + extra, name
   with capsys.disabled():
