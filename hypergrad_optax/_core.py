@@ -371,6 +371,7 @@ def hypergradient_descent(
     raise TypeError(
         "hyper_optimizer must be None or an optax.GradientTransformation "
         f"(e.g. optax.adam(1e-4)); got {type(hyper_optimizer).__name__}.")
+  _validation.check_axis_name(axis_name)
   direction = optax.with_extra_args_support(direction)
   store_previous = previous_direction_fn is None
 

@@ -40,6 +40,16 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
   return value
 
 
+def check_axis_name(value: Any) -> None:
+  """``axis_name``: None, a mapped axis name, or a tuple of them."""
+  names = value if isinstance(value, tuple) else (value,)
+  if value is not None and (
+      not names or not all(isinstance(n, str) for n in names)):
+    raise TypeError(
+        "axis_name must be None, a str or a tuple of str naming the "
+        f"shard_map/pmap axes the parameters are sharded over; got {value!r}.")
+
+
 def check_non_negative(name: str, value: Any) -> None:
   x = concrete_float(value)
   if x is not None and not (math.isfinite(x) and x >= 0):

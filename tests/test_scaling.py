@@ -159,3 +159,19 @@ def test_data_parallel_example_runs_on_8_devices():
   assert losses[-1] < 0.7 * losses[0]
   assert rates[0] == pytest.approx(1e-4) and rates[-1] > 2e-4
   assert lines[-1].endswith("parameters on 8 devices")
+
+
+@pytest.mark.parametrize("axis_name", [3, ["x"], ("x", 2), ()])
+@pytest.mark.parametrize("factory", [
+    lambda **kw: hgo.hypergradient(optax.sgd(0.1), **kw),
+    lambda **kw: hgo.sgd_hd(0.1, **kw), lambda **kw: hgo.adam_hd(**kw),
+    lambda **kw: hgo.adamw_hd(**kw)], ids=["wrap", "sgd_hd", "adam_hd",
+                                           "adamw_hd"])
+def test_bad_axis_name_is_rejected_at_construction(factory, axis_name):
+  with pytest.raises(TypeError, match="axis_name"):
+    factory(axis_name=axis_name)
+
+
+def test_axis_name_accepts_a_name_or_names():
+  for axis_name in (None, "x", ("x", "y")):
+    hgo.hypergradient(optax.sgd(0.1), axis_name=axis_name)
