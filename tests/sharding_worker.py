@@ -262,7 +262,7 @@ def shard_map_data_parallel(name, ref):
 # Each scenario runs the optimizers that exercise what it can break; the
 # suite runs on 2 shared cores, so compilations are counted.
 _JIT = ["wrap-adam", "wrap-sgd-per-element", "sgdn_hd-multiplicative",
-        "adamw_hd-per-tensor"]
+        "adam_hd", "adamw_hd-per-tensor"]
 SCENARIOS = {
     "jit_fsdp": (jit_fsdp, _JIT),
     "jit_fsdp_explicit": (functools.partial(jit_fsdp, explicit=True), _JIT),
