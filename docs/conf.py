@@ -56,18 +56,24 @@ OPTIONAL_PAGES = ("results", "beyond")
 
 
 def _optional_pages(srcdir):
-  pages = [name for name in OPTIONAL_PAGES
-           if os.path.exists(os.path.join(srcdir, name + ".md"))]
-  for path in sorted(glob.glob(os.path.join(srcdir, "results", "**", "*.md"),
-                               recursive=True)):
-    pages.append(os.path.relpath(path, srcdir)[:-len(".md")].replace(os.sep, "/"))
-  return pages
+  return [name for name in OPTIONAL_PAGES
+          if os.path.exists(os.path.join(srcdir, name + ".md"))]
+
+
+def _result_summaries(srcdir):
+  paths = glob.glob(os.path.join(srcdir, "results", "**", "*.md"),
+                    recursive=True)
+  return [os.path.relpath(p, srcdir)[:-len(".md")].replace(os.sep, "/")
+          for p in sorted(paths)]
 
 
 def _list_optional_pages(app, docname, source):
   if docname == "index":
-    source[0] = source[0].replace("<!-- optional pages -->",
-                                  "\n".join(_optional_pages(app.srcdir)))
+    source[0] = source[0].replace(
+        "<!-- optional pages -->",
+        "\n".join(_optional_pages(app.srcdir))).replace(
+            "<!-- result summaries -->",
+            "\n".join(_result_summaries(app.srcdir)))
   elif docname.startswith("results/") and not source[0].lstrip().startswith("# "):
     # The benchmark's summary.md files start at "##": give them a title.
     source[0] = f"# {docname[len('results/'):]}\n\n" + source[0]
