@@ -2,8 +2,8 @@
 
 Examples::
 
-  hypergrad-bench --out results/digits              # embedded digits, ~2 min
-  hypergrad-bench --task logreg-mnist --data-dir /work/data/mnist \\
+  hypergrad-bench --out results/digits              # digits, ~3 min, 2 cores
+  hypergrad-bench --task logreg-mnist --data-dir DIR --epochs 10 \\
       --methods paper --out results/logreg          # the paper's Fig. 2
   hypergrad-bench --task logreg-mnist --data-dir DIR --alpha0 grid \\
       --methods all --out results/robustness        # α0 in 1e-1 ... 1e-6
@@ -74,13 +74,19 @@ def _int(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
+  tasks = "\n".join(f"  {t.name:<14} {t.description}"
+                    for t in tasks_lib.TASKS.values())
+  method_lines = "\n".join(
+      f"  {m.name:<20} {m.description}" for m in methods_lib.METHODS.values())
+  groups = ", ".join(methods_lib.GROUPS)
   parser = argparse.ArgumentParser(
       prog="hypergrad-bench",
-      description=__doc__.split("\n\n", 1)[0],
-      epilog=("tasks: " + "; ".join(
-          f"{t.name} ({t.description})" for t in tasks_lib.TASKS.values())
-              + ". methods: " + ", ".join(methods_lib.METHODS) +
-              "; groups: " + ", ".join(methods_lib.GROUPS) + "."),
+      description=("Hypergradient descent (Baydin et al., ICLR 2018) against "
+                   "its base optimizers and optax.contrib's learning-rate-"
+                   "free peers: per-iteration CSVs, a summary table, plots."),
+      epilog=(f"tasks:\n{tasks}\n\nmethods (groups: {groups}):\n"
+              f"{method_lines}\n\nexamples:"
+              + __doc__.split("Examples::", 1)[1]),
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", default=tasks_lib.DEFAULT_TASKS,
                       help="comma-separated tasks (default: %(default)s)")
