@@ -57,7 +57,6 @@ def test_committed_notebook_matches_generator(name):
 def test_notebook_runs_top_to_bottom(name, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
   monkeypatch.setenv("HGO_SMALL", "1")
-  monkeypatch.setenv("MPLBACKEND", "Agg")
   # Run the kernel with this interpreter, whatever kernelspecs the machine has.
   monkeypatch.setenv("JUPYTER_PATH", str(pathlib.Path(sys.prefix) / "share"
                                          / "jupyter"))
