@@ -554,6 +554,38 @@ PAPER = [
             ax1.set(xlabel="iteration", ylabel="learning rate", yscale="log")
             ax0.legend(fontsize=7); plt.tight_layout(); plt.show()
     '''),
+    md('''
+        Each `--out` folder also has a `summary.csv` (one row per run: `task, method, alpha0, beta,
+        loss_epoch, …`). For the `--alpha0 grid` runs, this cell draws the robustness figure from it:
+        with the committed `docs/results/`, the MNIST logistic-regression grid of the benchmark.
+    '''),
+    code('''
+        PAPER_METHODS = ("sgd", "sgd_hd", "sgdn", "sgdn_hd", "adam", "adam_hd", "hypergradient")
+        grids = {}
+        summary_paths = (glob.glob(os.path.join(bench_dir, "**", "summary.csv"), recursive=True)
+                         if bench_dir else [])
+        for path in sorted(summary_paths):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("status", "ok") == "ok"
+                        and r.get("alpha0", "-").replace(".", "", 1).replace("e-", "", 1).isdigit()]
+            if rows and {"method", "alpha0", "loss_epoch"} <= set(rows[0]) \\
+                    and len({r["alpha0"] for r in rows}) >= 3:
+                grids[os.path.relpath(os.path.dirname(path), bench_dir)] = rows
+        if not grids:
+            print("No alpha0-grid summaries found.")
+        for name, rows in sorted(grids.items(), key=lambda kv: -len(kv[1]))[:2]:
+            methods = [m for m in PAPER_METHODS if any(r["method"] == m for r in rows)] or \\
+                sorted({r["method"] for r in rows})
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for m in methods:
+                points = sorted((float(r["alpha0"]), float(r["loss_epoch"]))
+                                for r in rows if r["method"] == m)
+                a, l = np.array(points).T
+                ax.plot(a, l, "o-" if ("hd" in m or m == "hypergradient") else "s--", label=m)
+            ax.set(xscale="log", yscale="log", xlabel="initial learning rate α0",
+                   ylabel="final-epoch training loss", title=f"{name} ({rows[0]['task']})")
+            ax.invert_xaxis(); ax.legend(fontsize=8, ncol=2); plt.tight_layout(); plt.show()
+    '''),
 ]
 
 # --------------------------------------------------------------------------
