@@ -10,6 +10,7 @@ import pytest
 from hypergrad_optax.bench import cli
 from hypergrad_optax.bench import data
 from hypergrad_optax.bench import methods
+from hypergrad_optax.bench import models
 from hypergrad_optax.bench import report
 from hypergrad_optax.bench import train
 
@@ -224,3 +225,22 @@ def test_digits_is_embedded():
   ds = data.load_digits()
   assert ds.x_train.shape[1:] == (8, 8, 1)
   assert abs(float(ds.x_train.mean())) < 1e-4
+
+
+def test_diverging_run_is_flagged_and_stops():
+  dataset = data.load_digits()
+  result = train.train(
+      dataset, models.mlp(()), methods.METHODS["sgd"], alpha0=1e38,
+      beta=None, epochs=3, batch_size=128, seed=0, weight_decay=0.0,
+      progress=False)
+  assert result.diverged
+  steps_per_epoch = len(dataset.x_train) // 128
+  assert len(result.rows) < 3 * steps_per_epoch
+
+
+def test_cost_subcommand_is_wired(capsys):
+  pytest.importorskip("hypergrad_optax.bench.cost")
+  with pytest.raises(SystemExit) as info:
+    cli.main(["cost", "--help"])
+  assert info.value.code == 0
+  assert "usage" in capsys.readouterr().out

@@ -173,24 +173,31 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
     print(f"{desc}: final train loss {row.loss_epoch:.4g}, valid "
           f"{row.valid_loss:.4g}, α {row.alpha:.3g}, {row.seconds:.1f}s",
           flush=True)
-  _plot_task(task, runs, rows, args.alpha0, out_dir)
+  _plot_task(task, runs, rows, args.alpha0, out_dir, epochs)
   return rows
 
 
-def _plot_task(task, runs, rows, alphas, out_dir):
+def _plot_task(task, runs, rows, alphas, out_dir, epochs):
   peers = {k: v for k, v in runs.items() if k[1] is None}
   for alpha0 in alphas:
     subset = {k: v for k, v in runs.items() if k[1] == alpha0}
     subset.update(peers)
     plots.plot_run_set(
         os.path.join(out_dir, f"{task.name}_a{alpha0:g}.png"),
-        f"{task.description}, α0 = {alpha0:g}", subset)
+        f"{task.name}: {_model_text(task)}, {epochs} epochs, α0 = {alpha0:g}",
+        subset)
   if len(alphas) > 1:
     final = {(r.method, None if math.isnan(r.alpha0) else r.alpha0):
              r.loss_epoch for r in rows}
     plots.plot_robustness(
         os.path.join(out_dir, f"{task.name}_robustness.png"),
-        f"{task.description}: robustness to α0", runs, final)
+        f"{task.name}: {_model_text(task)}, {epochs} epochs: robustness to α0",
+        runs, final)
+
+
+def _model_text(task) -> str:
+  # The task's description without its parenthesised notes.
+  return task.description.split(" (")[0]
 
 
 def write_summary(out_dir: str, rows: list[report.Row]) -> str:
