@@ -23,6 +23,9 @@ four orders of magnitude, for
 The spread (max - min over the grid; a diverged run counts as +inf) of each
 stack is compared with L1's.
 
+``adapt``: Adam, Adam-HD and ``adapt_hyperparams`` (learning rate, b1, b2,
+with Adam as the hyper-optimizer): final-epoch loss and the adapted values.
+
 ``cost``: seconds per training step (gradient + update, one jitted
 ``lax.scan`` of steps) of ``adapt_hyperparams`` over Adam against plain
 ``adam_hd``, measured side by side in one process: warm-up, then alternating
@@ -35,6 +38,7 @@ Usage::
   python benchmarks/stacking.py sweep --data-dir /work/data/mnist \\
       --task mlp --epochs 1
   python benchmarks/stacking.py cost --data-dir /work/data/mnist
+  python benchmarks/stacking.py adapt --data-dir /work/data/mnist --epochs 3
 """
 
 from __future__ import annotations
@@ -195,6 +199,49 @@ def cost(args) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
+def adapt(args) -> dict:
+  """Adam, Adam-HD and Adam with lr, b1, b2 adapted by forward mode."""
+  dataset = data_lib.load("mnist", args.data_dir)
+  model = MODELS[args.task]()
+  loss_fn = models_lib.cross_entropy(model)
+  x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+  steps = len(dataset.x_train) // 128
+  optimizers = {
+      "adam": optax.adam(ALPHA0),
+      "adam_hd (β=1e-7)": hgo.adam_hd(ALPHA0, 1e-7),
+      "adapt lr,b1,b2 (hyper: adam 1e-2)": hgo.adapt_hyperparams(
+          optax.adam, ("learning_rate", "b1", "b2"),
+          hyper_optimizer=optax.adam(1e-2),
+          hyperparams=dict(learning_rate=ALPHA0)),
+  }
+  results = {}
+  for name, tx in optimizers.items():
+    params = model.init(jax.random.key(args.seed), dataset.x_train.shape[1:])
+    state = tx.init(params)
+
+    @jax.jit
+    def epoch(params, state, batches, tx=tx):
+      def step(carry, idx):
+        params, state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+        updates, state = tx.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+      return jax.lax.scan(step, (params, state), batches)
+
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.epochs):
+      order = rng.permutation(len(dataset.x_train))[:steps * 128]
+      (params, state), losses = epoch(params, state,
+                                      jnp.asarray(order.reshape(steps, 128)))
+    values = ({k: float(state.inner_state.hyperparams[k])
+               for k in ("learning_rate", "b1", "b2")}
+              if isinstance(state, hgo.AdaptHyperparamsState) else {})
+    results[name] = {"loss": float(np.mean(losses)), **values}
+    print(f"{args.task} {name}: final-epoch loss {results[name]['loss']:.4f}"
+          f" {values}", flush=True)
+  return results
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -215,8 +262,14 @@ def main(argv=None) -> None:
   c.add_argument("--steps", type=int, default=20)
   c.add_argument("--rounds", type=int, default=15)
   c.add_argument("--json", help="also write the results here")
+  a = sub.add_parser("adapt", help="Adam with lr, b1, b2 adapted")
+  a.add_argument("--data-dir", required=True)
+  a.add_argument("--task", choices=tuple(MODELS), default="logreg")
+  a.add_argument("--epochs", type=int, default=3)
+  a.add_argument("--seed", type=int, default=0)
+  a.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
-  results = sweep(args) if args.command == "sweep" else cost(args)
+  results = {"sweep": sweep, "cost": cost, "adapt": adapt}[args.command](args)
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"args": {k: v for k, v in vars(args).items()},
