@@ -120,7 +120,7 @@ def summary_text(rows: list[Row]) -> str:
     parts += ["", "## HD vs base", ""] + [f"- {line}" for line in pairs]
   robust = robustness_lines(rows)
   if robust:
-    parts += ["", "## Robustness over α0", ""] + [
+    parts += ["", "## Robustness over α0; the learning-rate-free peers", ""] + [
         f"- {line}" if not line.startswith("  ") else f"  - {line.strip()}"
         for line in robust]
   return "\n".join(parts) + "\n"
