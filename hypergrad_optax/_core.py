@@ -263,6 +263,16 @@ def _hyper_step(hyper_optimizer, hyper_state, rate, hypergrad):
           jax.tree.map(keep, new_state, hyper_state))
 
 
+# The overshoot guard acts when h > OVERSHOOT_RATIO * A (see _cap_at_secant).
+# Divergence gives ratios far above it (about 20 at the first overshoot of
+# optax.sgd(0.1) on the Rosenbrock function, then growing geometrically);
+# minibatch noise on a plateau exceeds 1 often enough that a guard at 1 kept
+# cutting the rate of a digits MLP until training stalled (final loss 0.051
+# vs 0.035 unguarded), while at 8 it matches the unguarded run and still
+# rescues every divergent case of the tests.
+OVERSHOOT_RATIO = 8.0
+
+
 def _cap_at_secant(rate, proposed, slope_now, bound_before, adapting=True):
   """Caps the rate after a large overshoot of the last step.
 
@@ -271,13 +281,13 @@ def _cap_at_secant(rate, proposed, slope_now, bound_before, adapting=True):
   and has slope ``h = φ'(r) > 0`` now: it passed a minimum. Fitting ``φ'``
   linearly puts that minimum at ``r |φ'(0)| / (|φ'(0)| + h) <= r A / (A + h)``,
   so capping at ``r A / (A + h)`` never shrinks more than the secant does.
-  Acting only when ``h > A`` (the new gradient's component along the step
-  exceeds the old gradient's norm, as in divergence) keeps gradient noise,
-  which gives small cosines in high dimension, from triggering it. No rule
+  Acting only when ``h > 8 A`` (the new gradient's component along the step
+  exceeds eight times the old gradient's norm, as in divergence; see
+  ``OVERSHOOT_RATIO``) keeps gradient noise from triggering it. No rule
   that changes the rate by a bounded ratio per step shrinks it fast enough
   when the step is far too large. ``adapting`` False (``β = 0``) disables it.
   """
-  overshoot = (slope_now > bound_before) & adapting
+  overshoot = (slope_now > OVERSHOOT_RATIO * bound_before) & adapting
   secant = rate * bound_before / jnp.where(overshoot,
                                            bound_before + slope_now, 1)
   return jnp.where(overshoot, jnp.minimum(proposed, secant), proposed)

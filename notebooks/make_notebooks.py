@@ -201,14 +201,12 @@ QUICKSTART = [
         geometrically (up to 10% per step) while successive gradients agree, then falls once the loss
         flattens and consecutive minibatch gradients disagree.
 
-        What to look for in the full-size run: with the default overshoot guard the rate keeps
-        falling, by orders of magnitude, once the training loss has plateaued, and training
-        effectively stops (the guard's cap acts on minibatch noise here, in steps); with
-        `overshoot_guard=False` the rate only drifts down slowly and the training loss keeps
-        decreasing (about 0.013 against 0.045 after 30 epochs). The guard exists for deterministic,
-        far-too-large steps (`hypergradient(optax.sgd(0.1))` on the Rosenbrock function); in
-        minibatch training from a small rate, `overshoot_guard=False`, or a `min_rate`, keeps the
-        rate alive.
+        What to look for in the full-size run: both hypergradient runs reach a training loss
+        more than 100x below plain Adam's (about 0.016 with the default overshoot guard, 0.013
+        without, after 30 epochs). The guard exists for deterministic, far-too-large steps
+        (`hypergradient(optax.sgd(0.1))` on the Rosenbrock function) and acts only when the new
+        gradient's component along the last step exceeds eight times the old gradient's norm,
+        which minibatch noise on a plateau rarely does.
 
         ## Reading the rate for logging
 
