@@ -27,8 +27,9 @@ _COMMON_ARGS_DOC = r"""
     min_rate: lower bound on ``α`` (default 0: the authors' runs saw negative
       rates, i.e. gradient ascent), or None for the paper's unbounded rule.
     max_rate: upper bound on ``α``, or None.
-    overshoot_guard: cap ``α_t`` at the secant minimiser of the loss along the
-      last step when that step overshot (off by default: not in the paper; see
+    overshoot_guard: cap ``α_t`` at a conservative secant estimate of the
+      loss's minimiser along the last step when that step overshot by far
+      (``h_t > 8 ‖g_{t-1}‖ ‖d_{t-1}‖``; off by default: not in the paper; see
       :func:`hypergrad_optax.hypergradient`).
     axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
       this mapped axis (a name or a tuple of names), sums the hypergradient's
