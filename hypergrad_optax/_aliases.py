@@ -29,7 +29,7 @@ _COMMON_ARGS_DOC = r"""
     max_rate: upper bound on ``α``, or None.
     overshoot_guard: cap ``α_t`` at a conservative secant estimate of the
       loss's minimiser along the last step when that step overshot by far
-      (``h_t > 8 ‖g_{t-1}‖ ‖d_{t-1}‖``; off by default: not in the paper; see
+      (``h_t > 3 ‖g_{t-1}‖ ‖d_{t-1}‖``; off by default: not in the paper; see
       :func:`hypergrad_optax.hypergradient`).
     axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
       this mapped axis (a name or a tuple of names), sums the hypergradient's

@@ -236,11 +236,12 @@ def test_bf16_buffer_effect_on_trajectory(make_tx, capsys):
   # many entries the error in h_t mostly cancels: the rates agree closely at
   # first. Later, where the rate rides the edge of stability (the wrapper's
   # multiplicative rule with the overshoot guard), its path is chaotic: a
-  # 1e-6 relative change of the initial float32 parameters alone moves the
-  # final scale from 21.5 to 13.1, as bf16 moves it to 12.9, while the loss
-  # reached stays within a few percent.
+  # 1e-6 relative change of the initial float32 parameters alone moved the
+  # final scale from 21.5 to 13.1 (guard at h > A), as bf16 moved it to 12.9.
+  # With the guard at h > 3A both runs converge (loss 0.0039 vs 0.0045, scale
+  # 18.6 vs 22.8): the loss reached stays within tens of percent.
   assert early_diff < 1e-3
-  assert loss_diff < 1e-1
+  assert loss_diff < 0.25
 
 
 @pytest.mark.parametrize("make_tx", OPTIMIZERS)

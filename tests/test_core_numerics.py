@@ -332,9 +332,9 @@ def _first_overshoot_by_hand(lr):
 
 
 def test_overshoot_guard_caps_at_secant_by_hand(x64):
-  # Step 1: θ1 = θ0 - 10 g0; step 2 sees h = g1·ũ0 > 8 A, A = ‖g0‖‖ũ0‖.
+  # Step 1: θ1 = θ0 - 10 g0; step 2 sees h = g1·ũ0 > 3 A, A = ‖g0‖‖ũ0‖.
   h, bound, proposed, capped = _first_overshoot_by_hand(10.0)
-  assert h > 8 * bound, "the case must trigger the guard"
+  assert h > 3 * bound, "the case must trigger the guard"
   assert capped < proposed
   _, rates, _ = library_run(_overshooting_sgd(True, 10.0), steps=2)
   np.testing.assert_allclose(np.asarray(rates[1]), capped, rtol=1e-12)
@@ -343,10 +343,10 @@ def test_overshoot_guard_caps_at_secant_by_hand(x64):
 
 
 def test_overshoot_guard_ignores_a_moderate_overshoot(x64):
-  # A < h < 8 A: an overshoot of the size minibatch noise also produces; the
+  # A < h < 3 A: an overshoot of the size minibatch noise also produces; the
   # multiplicative rule alone handles it, the cap must not act.
   h, bound, proposed, capped = _first_overshoot_by_hand(1.5)
-  assert bound < h < 8 * bound and capped < proposed
+  assert bound < h < 3 * bound and capped < proposed
   _, rates, _ = library_run(_overshooting_sgd(True, 1.5), steps=2)
   np.testing.assert_allclose(np.asarray(rates[1]), proposed, rtol=1e-12)
 
