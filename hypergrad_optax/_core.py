@@ -183,7 +183,7 @@ def next_rate(
     is not finite keep ``r_{t-1}``. ``‖g_t‖`` is reduced like the rate (None
     unless it was needed). ``hyper_state`` is the hyper-optimizer's new state
     (unchanged when any hypergradient entry is not finite; see
-    :func:`_hyper_step`).
+    :func:`hyper_step`).
   """
   dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
       jnp.float32)
@@ -191,16 +191,10 @@ def next_rate(
   h = _leafwise(jnp.multiply, grads, previous_direction, granularity, dtype,
                 axis_name)
 
-  def additive(r, h):
-    return r - beta * (sign * h)
-
   def cosine(h, gg, dd):
     norm = jnp.sqrt(gg) * jnp.sqrt(dd)
     # No previous direction (first step) or a zero gradient: no information.
     return jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
-
-  def multiplicative(r, h, gg, dd):
-    return r * (1 - beta * (sign * cosine(h, gg, dd)))
 
   grad_norm = None
   if rule == "multiplicative" or previous_grad_norm is not None:
@@ -212,18 +206,18 @@ def next_rate(
                    granularity, dtype, axis_name)
     grad_norm = jax.tree.map(jnp.sqrt, gg)
 
-  if hyper_optimizer is not None:
-    if rule == "additive":
-      hypergrad = jax.tree.map(lambda h: sign * h, h)
-    else:
-      hypergrad = jax.tree.map(
-          lambda r, h, gg, dd: r * (sign * cosine(h, gg, dd)), rate, h, gg, dd)
-    proposed, hyper_state = _hyper_step(hyper_optimizer, hyper_state, rate,
-                                        hypergrad)
-  elif rule == "additive":
-    proposed = jax.tree.map(additive, rate, h)
+  # The rate's hypergradient under each rule: SGD on it with β is the rule.
+  if rule == "additive":
+    hypergrad = jax.tree.map(lambda h: sign * h, h)
   else:
-    proposed = jax.tree.map(multiplicative, rate, h, gg, dd)
+    hypergrad = jax.tree.map(
+        lambda r, h, gg, dd: r * (sign * cosine(h, gg, dd)), rate, h, gg, dd)
+
+  if hyper_optimizer is not None:
+    proposed, hyper_state = hyper_step(hyper_optimizer, hyper_state, rate,
+                                       hypergrad)
+  else:
+    proposed = jax.tree.map(lambda r, g: r - beta * g, rate, hypergrad)
 
   if previous_grad_norm is not None:
     # β = 0 must reproduce the inner optimizer exactly: no cap either.
@@ -246,7 +240,7 @@ def next_rate(
   return jax.tree.map(guard, rate, proposed), grad_norm, hyper_state
 
 
-def _hyper_step(hyper_optimizer, hyper_state, rate, hypergrad):
+def hyper_step(hyper_optimizer, hyper_state, rate, hypergrad):
   """One step of ``hyper_optimizer`` on the rate, skipped when not finite.
 
   A NaN/Inf hypergradient carries no information: like

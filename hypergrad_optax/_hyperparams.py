@@ -328,12 +328,9 @@ def adapt_hyperparams(
     dtype = phi[names[0]].dtype
     h = {n: _core._leafwise(jnp.multiply, grads, tangents[n], "global", dtype)  # pylint: disable=protected-access
          for n in names}
-    steps, new_hyper_state = hyper_optimizer.update(h, hyper_state, phi)
-    finite = jnp.all(jnp.stack([jnp.isfinite(h[n]) for n in names]))
-    keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=unnecessary-lambda-assignment
-    new_phi = {n: _clip(kinds[n], phi[n] + steps[n].astype(dtype))
-               for n in names}
-    return (jax.tree.map(keep, new_phi, phi),
-            jax.tree.map(keep, new_hyper_state, hyper_state))
+    new_phi, hyper_state = _core.hyper_step(hyper_optimizer, hyper_state,
+                                            phi, h)
+    # Clipping the kept (already valid) φ changes nothing.
+    return {n: _clip(kinds[n], new_phi[n]) for n in names}, hyper_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
