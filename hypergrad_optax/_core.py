@@ -29,11 +29,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypergrad_optax import _tree
 from hypergrad_optax import _validation
 
 Rate = Union[jax.Array, optax.Updates]
 PreviousDirectionFn = Callable[[optax.OptState], optax.Updates]
-AxisName = Optional[Union[str, tuple[str, ...]]]
+AxisName = _tree.AxisName
 
 
 class HypergradientState(NamedTuple):
@@ -116,27 +117,6 @@ def init_rate(value: Any, params: Any, granularity: str,
   return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
-def _leafwise(op, a, b, granularity: str, dtype,
-              axis_name: AxisName = None) -> Rate:
-  """Reduces ``op(a, b)`` to the granularity's shape, in ``dtype``.
-
-  With ``axis_name`` (inside ``shard_map``/``pmap`` with the parameters
-  sharded over that axis) each device holds only a shard of every leaf, so a
-  sum over it is partial: the sums are completed with ``lax.psum``. Per-element
-  results need none. (Summing leaf products, not ``optax.tree.vdot``, also
-  keeps jit with explicit sharding working: optax 0.2.8's vdot fails there.)
-  """
-  def leaf(x, y):
-    z = op(x.astype(dtype), y.astype(dtype))
-    return z if granularity == "per-element" else jnp.sum(z)
-  per_leaf = jax.tree.map(leaf, a, b)
-  if granularity == "global":
-    per_leaf = sum(jax.tree.leaves(per_leaf), jnp.zeros((), dtype))
-  if axis_name is None or granularity == "per-element":
-    return per_leaf
-  return jax.lax.psum(per_leaf, axis_name)
-
-
 def next_rate(
     rate: Rate,
     grads: optax.Updates,
@@ -188,7 +168,7 @@ def next_rate(
   dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
       jnp.float32)
   beta = jnp.asarray(hyper_lr, dtype)
-  h = _leafwise(jnp.multiply, grads, previous_direction, granularity, dtype,
+  h = _tree.reduce_product(jnp.multiply, grads, previous_direction, granularity, dtype,
                 axis_name)
 
   def cosine(h, gg, dd):
@@ -201,8 +181,8 @@ def next_rate(
     # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
     # materialises it as a parameter-sized array, an extra memory pass.
     square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
-    gg = _leafwise(square, grads, grads, granularity, dtype, axis_name)
-    dd = _leafwise(square, previous_direction, previous_direction,
+    gg = _tree.reduce_product(square, grads, grads, granularity, dtype, axis_name)
+    dd = _tree.reduce_product(square, previous_direction, previous_direction,
                    granularity, dtype, axis_name)
     grad_norm = jax.tree.map(jnp.sqrt, gg)
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from hypergrad_optax import _core
+from hypergrad_optax import _tree
 from hypergrad_optax import _validation
 
 # Default reparametrisations, by hyperparameter name.
@@ -326,7 +327,7 @@ def adapt_hyperparams(
   def _hyper_step(phi, hyper_state, grads, tangents):
     """``φ_t`` from ``h_t = g_t · ∂u_{t-1}/∂φ``; skipped when not finite."""
     dtype = phi[names[0]].dtype
-    h = {n: _core._leafwise(jnp.multiply, grads, tangents[n], "global", dtype)  # pylint: disable=protected-access
+    h = {n: _tree.reduce_product(jnp.multiply, grads, tangents[n], "global", dtype)
          for n in names}
     new_phi, hyper_state = _core.hyper_step(hyper_optimizer, hyper_state,
                                             phi, h)
