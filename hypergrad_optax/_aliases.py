@@ -82,17 +82,14 @@ def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
       state_cls=HypergradientState,
       sign=-1.0,
       initial_rate=learning_rate,
-      hyper_lr=hyper_lr,
-      rule=rule,
+      rate_rule=_core.build_rule(
+          hyper_lr=hyper_lr, rule=rule, min_rate=min_rate, max_rate=max_rate,
+          overshoot_guard=overshoot_guard, hyper_optimizer=hyper_optimizer),
       granularity=granularity,
-      min_rate=min_rate,
-      max_rate=max_rate,
       previous_direction_fn=previous_direction_fn,
       buffer_dtype=buffer_dtype,
       weight_decay=weight_decay,
-      overshoot_guard=overshoot_guard,
       axis_name=axis_name,
-      hyper_optimizer=hyper_optimizer,
   )
 
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypergrad_optax import _rules
 from hypergrad_optax import _tree
 from hypergrad_optax import _validation
 
@@ -117,154 +118,38 @@ def init_rate(value: Any, params: Any, granularity: str,
   return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
-def next_rate(
+def rate_signals(
     rate: Rate,
     grads: optax.Updates,
     previous_direction: optax.Updates,
     *,
     sign: float,
-    hyper_lr: Any,
-    rule: str,
     granularity: str,
-    min_rate: Any = None,
-    max_rate: Any = None,
     previous_grad_norm: Any = None,
-    hyper_optimizer: Optional[optax.GradientTransformation] = None,
-    hyper_state: Any = (),
     axis_name: AxisName = None,
-) -> tuple[Rate, Rate, Any]:
-  """One hypergradient step on the rate, guarded and bounded.
+) -> _rules.RateSignals:
+  """What a rate rule sees: ``sign * g_t·D_{t-1}``, ``‖g_t‖``, ``‖D_{t-1}‖``.
 
-  The step is plain SGD on the rate with ``hyper_lr`` (the paper), or one
-  step of ``hyper_optimizer`` fed the hypergradient as the rate's gradient:
-  ``sign * h`` for the additive rule, ``r * sign * h / (‖g‖ ‖D‖)`` for the
-  multiplicative one, so that ``optax.sgd(β)`` reproduces either rule.
-
-  Args:
-    rate: the current rate ``r_{t-1}`` (scalar or pytree per granularity).
-    grads: ``g_t``, the gradient at the current parameters.
-    previous_direction: ``D_{t-1}``, the direction the last update scaled.
-    sign: ``-1`` when the update is ``-r D`` (aliases), ``+1`` for ``r D``.
-    hyper_lr: ``β``.
-    rule: ``'additive'`` or ``'multiplicative'``.
-    granularity: ``'global'``, ``'per-tensor'`` or ``'per-element'``.
-    min_rate: optional lower bound on the new rate.
-    max_rate: optional upper bound on the new rate.
-    previous_grad_norm: optional ``‖g_{t-1}‖`` (reduced like the rate). Given
-      it, the overshoot guard acts; see :func:`_cap_at_secant`.
-    hyper_optimizer: optional Optax transform updating the rate (its params)
-      from its hypergradient; replaces the SGD step with ``hyper_lr``.
-    hyper_state: ``hyper_optimizer``'s state (``()`` without one).
-    axis_name: the ``shard_map``/``pmap`` axis (or axes) over which the
-      parameters are sharded; dot products and norms are summed over it.
-
-  Returns:
-    ``(r_t, ‖g_t‖, hyper_state)``; entries of ``r_t`` whose hypergradient step
-    is not finite keep ``r_{t-1}``. ``‖g_t‖`` is reduced like the rate (None
-    unless it was needed). ``hyper_state`` is the hyper-optimizer's new state
-    (unchanged when any hypergradient entry is not finite; see
-    :func:`hyper_step`).
+  Each is reduced like the rate, in its dtype, and summed over ``axis_name``
+  (see :func:`hypergrad_optax._tree.reduce_product`). Under ``jax.jit`` a
+  norm no rule reads is never computed.
   """
   dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
       jnp.float32)
-  beta = jnp.asarray(hyper_lr, dtype)
-  h = _tree.reduce_product(jnp.multiply, grads, previous_direction, granularity, dtype,
-                axis_name)
-
-  def cosine(h, gg, dd):
-    norm = jnp.sqrt(gg) * jnp.sqrt(dd)
-    # No previous direction (first step) or a zero gradient: no information.
-    return jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
-
-  grad_norm = None
-  if rule == "multiplicative" or previous_grad_norm is not None:
-    # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
-    # materialises it as a parameter-sized array, an extra memory pass.
-    square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
-    gg = _tree.reduce_product(square, grads, grads, granularity, dtype, axis_name)
-    dd = _tree.reduce_product(square, previous_direction, previous_direction,
-                   granularity, dtype, axis_name)
-    grad_norm = jax.tree.map(jnp.sqrt, gg)
-
-  # The rate's hypergradient under each rule: SGD on it with β is the rule.
-  if rule == "additive":
-    hypergrad = jax.tree.map(lambda h: sign * h, h)
-  else:
-    hypergrad = jax.tree.map(
-        lambda r, h, gg, dd: r * (sign * cosine(h, gg, dd)), rate, h, gg, dd)
-
-  if hyper_optimizer is not None:
-    proposed, hyper_state = hyper_step(hyper_optimizer, hyper_state, rate,
-                                       hypergrad)
-  else:
-    proposed = jax.tree.map(lambda r, g: r - beta * g, rate, hypergrad)
-
-  if previous_grad_norm is not None:
-    # β = 0 must reproduce the inner optimizer exactly: no cap either.
-    adapting = True if hyper_optimizer is not None else beta > 0
-    proposed = jax.tree.map(
-        lambda r, p, h, n, dd: _cap_at_secant(r, p, sign * h, n * jnp.sqrt(dd),
-                                              adapting),
-        rate, proposed, h, previous_grad_norm, dd)
-
-  def guard(old, new):
-    # A NaN/Inf hypergradient (e.g. an overflowed gradient) must not poison
-    # the rate for the rest of training: keep the previous value.
-    new = jnp.where(jnp.isfinite(new), new, old)
-    if min_rate is not None:
-      new = jnp.maximum(new, jnp.asarray(min_rate, new.dtype))
-    if max_rate is not None:
-      new = jnp.minimum(new, jnp.asarray(max_rate, new.dtype))
-    return new.astype(old.dtype)
-
-  return jax.tree.map(guard, rate, proposed), grad_norm, hyper_state
-
-
-def hyper_step(hyper_optimizer, hyper_state, rate, hypergrad):
-  """One step of ``hyper_optimizer`` on the rate, skipped when not finite.
-
-  A NaN/Inf hypergradient carries no information: like
-  ``optax.apply_if_finite``, the hyper-optimizer's whole step is skipped
-  (rate and state), so that neither its moments nor, when stacked, its own
-  stored hypergradient are poisoned for the rest of training.
-  """
-  updates, new_state = hyper_optimizer.update(hypergrad, hyper_state, rate)
-  proposed = jax.tree.map(lambda r, u: r + u.astype(r.dtype), rate, updates)
-  finite = jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(hypergrad)]))
-  keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=unnecessary-lambda-assignment
-  return (jax.tree.map(keep, proposed, rate),
-          jax.tree.map(keep, new_state, hyper_state))
-
-
-# The overshoot guard acts when h > OVERSHOOT_RATIO * A (see _cap_at_secant).
-# h / A is about the growth factor of the gradient along the last step. At 1
-# (any growth) minibatch noise on a plateau triggered it often enough to stall
-# a digits MLP (final loss 0.051 vs 0.035 unguarded, from lr 1e-5); at 4 or
-# more it missed the moderate divergence (growth 2-4x per step) of
-# hypergradient(optax.sgd(0.1)) on a full-batch tanh MLP. 3 rescues every
-# deterministic case of the tests and costs little in minibatch training.
-OVERSHOOT_RATIO = 3.0
-
-
-def _cap_at_secant(rate, proposed, slope_now, bound_before, adapting=True):
-  """Caps the rate after a large overshoot of the last step.
-
-  Along the last step, ``φ(σ) = f(θ_{t-2} + σ D_{t-1})`` had slope
-  ``φ'(0) = g_{t-1}·D_{t-1} >= -A`` at its start, ``A = ‖g_{t-1}‖‖D_{t-1}‖``,
-  and has slope ``h = φ'(r) > 0`` now: it passed a minimum. Fitting ``φ'``
-  linearly puts that minimum at ``r |φ'(0)| / (|φ'(0)| + h) <= r A / (A + h)``,
-  so capping at ``r A / (A + h)`` never shrinks more than the secant does.
-  Acting only when ``h > 3 A`` (the new gradient's component along the step
-  exceeds three times the old gradient's norm, as in divergence; see
-  ``OVERSHOOT_RATIO``) keeps most gradient noise from triggering it. No rule
-  that changes the rate by a bounded ratio per step shrinks it fast enough
-  when the step is far too large. ``adapting`` False (``β = 0``) disables it.
-  """
-  overshoot = (slope_now > OVERSHOOT_RATIO * bound_before) & adapting
-  secant = rate * bound_before / jnp.where(overshoot,
-                                           bound_before + slope_now, 1)
-  return jnp.where(overshoot, jnp.minimum(proposed, secant), proposed)
+  reduce = lambda op, a, b: _tree.reduce_product(  # pylint: disable=unnecessary-lambda-assignment
+      op, a, b, granularity, dtype, axis_name)
+  h = reduce(jnp.multiply, grads, previous_direction)
+  # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
+  # materialises it as a parameter-sized array, an extra memory pass.
+  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
+  grad_norm = jax.tree.map(jnp.sqrt, reduce(square, grads, grads))
+  direction_norm = jax.tree.map(
+      jnp.sqrt, reduce(square, previous_direction, previous_direction))
+  return _rules.RateSignals(
+      hypergradient=jax.tree.map(lambda x: sign * x, h),
+      grad_norm=grad_norm,
+      direction_norm=direction_norm,
+      previous_grad_norm=previous_grad_norm)
 
 
 def _ordered_after(rate: Rate, tree: optax.Updates,
@@ -298,23 +183,44 @@ def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
   return jax.tree.map(leaf, signed, direction, like)
 
 
+def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
+                  old_rate: Rate, new_rate: Rate, decay: float,
+                  granularity: str) -> optax.Updates:
+  """``Z_t = μ (r_{t-1}/r_t) Z_{t-1} + D_t``: the discounted tangent.
+
+  ``r_t Z_t = Σ_k μ^k r_{t-k} D_{t-k}`` is the discounted sum of the last
+  updates, so ``g·Z`` is the derivative of the loss with respect to a common
+  relative change of the recent rates, with the optimizer's Jacobian taken as
+  the identity (MARTHE's tangent recursion ``Z_t = μ (∂Φ/∂θ) Z_{t-1} +
+  ∂Φ/∂r`` with ``∂Φ/∂θ ≈ I``; Donini et al., 2020). A zero rate drops the
+  history.
+  """
+  def ratio(old, new):
+    return jnp.where(new > 0, old / jnp.where(new > 0, new, 1), 0) * decay
+
+  factor = jax.tree.map(ratio, old_rate, new_rate)
+
+  def leaf(f, z, d):
+    return (f * z.astype(f.dtype) + d.astype(f.dtype)).astype(d.dtype)
+  if granularity == "global":
+    return jax.tree.map(lambda z, d: leaf(factor, z, d), tangent,
+                        new_direction)
+  return jax.tree.map(leaf, factor, tangent, new_direction)
+
+
 def hypergradient_descent(
     direction: optax.GradientTransformation,
     *,
     state_cls: type,
     sign: float,
     initial_rate: Any,
-    hyper_lr: Any,
-    rule: str,
+    rate_rule: _rules.RateRule,
     granularity: str,
-    min_rate: Any = None,
-    max_rate: Any = None,
     previous_direction_fn: Optional[PreviousDirectionFn] = None,
     buffer_dtype: Any = None,
     weight_decay: Any = None,
-    overshoot_guard: bool = False,
     axis_name: AxisName = None,
-    hyper_optimizer: Optional[optax.GradientTransformation] = None,
+    tangent_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -322,42 +228,35 @@ def hypergradient_descent(
     direction: the transform whose output is scaled by the adapted rate.
     state_cls: ``HypergradientState`` or ``ScaleByHypergradientState``; its
       fields are, in order, count, rate, inner state, previous direction,
-      previous gradient norm, hyper-optimizer state.
+      previous gradient norm, rate rule state.
     sign: ``-1`` (update is ``-r d``) or ``+1`` (update is ``r d``).
     initial_rate: ``r_0``.
-    hyper_lr: ``β``.
-    rule: ``'additive'`` or ``'multiplicative'``.
+    rate_rule: how the rate moves (:class:`hypergrad_optax._rules.RateRule`);
+      its state is the state's ``hyper_state``, and the state's
+      ``previous_grad_norm`` keeps ``‖g_{t-1}‖`` when it asks for it.
     granularity: ``'global'``, ``'per-tensor'`` or ``'per-element'``.
-    min_rate: optional lower bound on the rate.
-    max_rate: optional upper bound on the rate.
     previous_direction_fn: recomputes ``d_{t-1}`` from the direction's state;
       when None, ``d_{t-1}`` is stored in the state.
     buffer_dtype: dtype of the stored ``d_{t-1}`` (None: the direction's own).
     weight_decay: coupled L2 decay ``g ← g + λ θ`` applied before everything
       (the hypergradient included), or None.
-    overshoot_guard: cap the rate after a large overshoot of the last step
-      (see :func:`_cap_at_secant`); keeps ``‖g_{t-1}‖`` (shaped like the rate).
-    hyper_optimizer: an Optax transform that updates the rate (its params)
-      from the rate's hypergradient (its gradient), replacing the plain SGD
-      step with ``hyper_lr``; see :func:`next_rate`. Bounds, the non-finite
-      guard and the overshoot guard apply after its step.
     axis_name: mapped axis name(s) over which the parameters are sharded in
       ``shard_map``/``pmap``; None when each device holds whole leaves
       (replicated data parallelism, or jit with shardings). Every leaf must
       then be sharded over it: a replicated leaf would be counted once per
       device.
+    tangent_decay: ``μ`` of :func:`decay_tangent`, in [0, 1); the stored
+      ``D_{t-1}`` becomes the discounted tangent (0: the previous direction,
+      the paper). Needs a stored direction.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
-  if not (hyper_optimizer is None
-          or isinstance(hyper_optimizer, optax.GradientTransformation)):
-    raise TypeError(
-        "hyper_optimizer must be None or an optax.GradientTransformation "
-        f"(e.g. optax.adam(1e-4)); got {type(hyper_optimizer).__name__}.")
   _validation.check_axis_name(axis_name)
   direction = optax.with_extra_args_support(direction)
   store_previous = previous_direction_fn is None
+  if tangent_decay and not store_previous:
+    raise ValueError("tangent_decay needs a stored previous direction.")
 
   def init_fn(params):
     inner_state = direction.init(params)
@@ -365,13 +264,12 @@ def hypergradient_descent(
     if store_previous:
       previous = optax.tree.zeros_like(params, dtype=buffer_dtype)
     rate = init_rate(initial_rate, params, granularity, rate_dtype(params))
-    grad_norm = optax.tree.zeros_like(rate) if overshoot_guard else ()
-    hyper_state = () if hyper_optimizer is None else hyper_optimizer.init(rate)
+    grad_norm = optax.tree.zeros_like(rate) if rate_rule.keeps_grad_norm else ()
     return state_cls(jnp.zeros([], jnp.int32), rate, inner_state, previous,
-                     grad_norm, hyper_state)
+                     grad_norm, rate_rule.init(rate))
 
   def update_fn(updates, state, params=None, **extra_args):
-    count, rate, inner_state, previous, grad_norm, hyper_state = state
+    count, old_rate, inner_state, previous, grad_norm, hyper_state = state
     if weight_decay is not None:
       if params is None:
         raise ValueError(
@@ -382,12 +280,11 @@ def hypergradient_descent(
     if not store_previous:
       previous = previous_direction_fn(inner_state)
     _validation.check_same_structure(updates, previous, "previous direction")
-    rate, new_grad_norm, hyper_state = next_rate(
-        rate, updates, previous, sign=sign, hyper_lr=hyper_lr, rule=rule,
-        hyper_optimizer=hyper_optimizer, hyper_state=hyper_state,
-        granularity=granularity, min_rate=min_rate, max_rate=max_rate,
-        previous_grad_norm=grad_norm if overshoot_guard else None,
+    signals = rate_signals(
+        old_rate, updates, previous, sign=sign, granularity=granularity,
+        previous_grad_norm=grad_norm if rate_rule.keeps_grad_norm else None,
         axis_name=axis_name)
+    rate, hyper_state = rate_rule.update(old_rate, signals, hyper_state)
     if not store_previous:
       # The direction overwrites the state d_{t-1} was recomputed from. (Not
       # done otherwise: it changes how XLA fuses, and so rounds, the inner
@@ -399,11 +296,14 @@ def hypergradient_descent(
     new_updates = scale_by_rate(rate, new_direction, sign=sign,
                                 granularity=granularity, like=like)
     if store_previous:
+      tangent = _ordered_after(rate, new_direction, granularity)
+      if tangent_decay:
+        tangent = decay_tangent(previous, tangent, old_rate, rate,
+                                tangent_decay, granularity)
       # Cast to the stored dtype so that the state's dtypes never drift.
-      previous = optax.tree.cast_like(
-          _ordered_after(rate, new_direction, granularity), state[3])
-    if overshoot_guard:
-      grad_norm = new_grad_norm
+      previous = optax.tree.cast_like(tangent, state[3])
+    if rate_rule.keeps_grad_norm:
+      grad_norm = signals.grad_norm
     # A recomputed d_{t-1} is not state: keep init's empty placeholder, so
     # the state's structure (lax.scan, lax.cond) and size never change.
     stored = previous if store_previous else state[3]
@@ -412,6 +312,23 @@ def hypergradient_descent(
                                   hyper_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def build_rule(*, hyper_lr, rule, min_rate, max_rate, overshoot_guard=False,
+               hyper_optimizer=None) -> _rules.RateRule:
+  """The paper's rule from the public arguments, checked."""
+  if not (hyper_optimizer is None
+          or isinstance(hyper_optimizer, optax.GradientTransformation)):
+    raise TypeError(
+        "hyper_optimizer must be None or an optax.GradientTransformation "
+        f"(e.g. optax.adam(1e-4)); got {type(hyper_optimizer).__name__}.")
+  return _rules.paper_rule(hyper_lr, rule, min_rate=min_rate,
+                           max_rate=max_rate, overshoot_guard=overshoot_guard,
+                           hyper_optimizer=hyper_optimizer)
+
+
+# _hyperparams' hyper step on its hyperparameters (the rate rule's, shared).
+hyper_step = _rules.optimizer_step
 
 
 def check_common(*, hyper_lr, rule, granularity, min_rate, max_rate) -> None:

@@ -137,13 +137,10 @@ def hypergradient(
       state_cls=ScaleByHypergradientState,
       sign=1.0,
       initial_rate=initial_scale,
-      hyper_lr=hyper_lr,
-      rule=rule,
+      rate_rule=_core.build_rule(
+          hyper_lr=hyper_lr, rule=rule, min_rate=min_rate, max_rate=max_rate,
+          overshoot_guard=overshoot_guard, hyper_optimizer=hyper_optimizer),
       granularity=granularity,
-      min_rate=min_rate,
-      max_rate=max_rate,
       buffer_dtype=buffer_dtype,
-      overshoot_guard=overshoot_guard,
       axis_name=axis_name,
-      hyper_optimizer=hyper_optimizer,
   )
