@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hypergrad_optax import _rules
+from hypergrad_optax import rules as _rules
 from hypergrad_optax import _tree
 from hypergrad_optax import _validation
 
@@ -185,27 +185,64 @@ def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
 
 def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
                   old_rate: Rate, new_rate: Rate, decay: float,
-                  granularity: str) -> optax.Updates:
-  """``Z_t = μ (r_{t-1}/r_t) Z_{t-1} + D_t``: the discounted tangent.
+                  granularity: str,
+                  correction: Optional[optax.Updates] = None) -> optax.Updates:
+  """``Z_t = μ (r_{t-1}/r_t) (Z_{t-1} + C_t) + D_t``: the discounted tangent.
 
-  ``r_t Z_t = Σ_k μ^k r_{t-k} D_{t-k}`` is the discounted sum of the last
-  updates, so ``g·Z`` is the derivative of the loss with respect to a common
-  relative change of the recent rates, with the optimizer's Jacobian taken as
-  the identity (MARTHE's tangent recursion ``Z_t = μ (∂Φ/∂θ) Z_{t-1} +
-  ∂Φ/∂r`` with ``∂Φ/∂θ ≈ I``; Donini et al., 2020). A zero rate drops the
-  history.
+  Perturbing every recent rate by the same relative amount ``ε`` moves the
+  parameters by ``W_t = ∂θ_t/∂ε``, which follows MARTHE's recursion (Donini
+  et al., 2020, eq. 12: ``Z_t = μ (∂Φ/∂θ) Z_{t-1} + ∂Φ/∂r``, ``Φ`` the
+  optimizer's step) ``W_t = μ (W_{t-1} + sign r_t (∂D_t/∂g) H W_{t-1}) + sign
+  r_t D_t``. Stored in the direction's units, ``Z_t = W_t / (sign r_t)``, so
+  that ``sign g·Z`` is the rate's hypergradient as with ``D_{t-1}`` (``μ = 0``
+  is the paper's one-step rule). ``correction`` is ``C_t = sign r_t (∂D_t/∂g)
+  H Z_{t-1}`` (MARTHE's Jacobian term); None takes ``∂Φ/∂θ ≈ I``, a cheap
+  tangent that is the discounted sum of the recent updates. A zero rate drops
+  the history.
   """
   def ratio(old, new):
     return jnp.where(new > 0, old / jnp.where(new > 0, new, 1), 0) * decay
 
   factor = jax.tree.map(ratio, old_rate, new_rate)
+  if correction is None:
+    correction = jax.tree.map(jnp.zeros_like, tangent)
 
-  def leaf(f, z, d):
-    return (f * z.astype(f.dtype) + d.astype(f.dtype)).astype(d.dtype)
+  def leaf(f, z, c, d):
+    return (f * (z.astype(f.dtype) + c.astype(f.dtype))
+            + d.astype(f.dtype)).astype(d.dtype)
   if granularity == "global":
-    return jax.tree.map(lambda z, d: leaf(factor, z, d), tangent,
-                        new_direction)
-  return jax.tree.map(leaf, factor, tangent, new_direction)
+    return jax.tree.map(lambda z, c, d: leaf(factor, z, c, d), tangent,
+                        correction, new_direction)
+  return jax.tree.map(leaf, factor, tangent, correction, new_direction)
+
+
+def _curvature_step(direction, updates, inner_state, params, tangent,
+                    rate, sign, granularity, extra_args):
+  """The direction's step and MARTHE's correction ``sign r (∂D/∂g) H Z``.
+
+  ``H Z`` is a forward-mode Hessian-vector product of the ``grad_fn`` extra
+  argument (``params -> gradient`` on the current batch), and ``∂D/∂g`` the
+  forward-mode derivative of the direction at its current state, so the step
+  costs about one extra gradient evaluation and one extra direction pass.
+  """
+  grad_fn = extra_args.get("grad_fn")
+  if grad_fn is None:
+    raise ValueError(
+        "curvature=True needs the gradient function: call "
+        "update(grads, state, params, grad_fn=lambda p: jax.grad(loss)(p, "
+        "batch)).")
+  if params is None:
+    raise ValueError("curvature=True needs the parameters: call "
+                     "update(grads, state, params, grad_fn=...).")
+  tangent = optax.tree.cast_like(tangent, params)
+  _, hz = jax.jvp(grad_fn, (params,), (tangent,))
+  hz = optax.tree.cast_like(hz, updates)
+  (new_direction, new_state), (jhz, _) = jax.jvp(
+      lambda g: direction.update(g, inner_state, params, **extra_args),
+      (updates,), (hz,))
+  correction = scale_by_rate(rate, jhz, sign=sign, granularity=granularity,
+                             like=jhz)
+  return new_direction, new_state, correction
 
 
 def hypergradient_descent(
@@ -221,6 +258,7 @@ def hypergradient_descent(
     weight_decay: Any = None,
     axis_name: AxisName = None,
     tangent_decay: float = 0.0,
+    curvature: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -248,6 +286,9 @@ def hypergradient_descent(
     tangent_decay: ``μ`` of :func:`decay_tangent`, in [0, 1); the stored
       ``D_{t-1}`` becomes the discounted tangent (0: the previous direction,
       the paper). Needs a stored direction.
+    curvature: carry the tangent through the optimizer's Jacobian (MARTHE,
+      with a Hessian-vector product of the ``grad_fn`` extra argument; see
+      :func:`decay_tangent`) instead of taking it as the identity.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -255,8 +296,8 @@ def hypergradient_descent(
   _validation.check_axis_name(axis_name)
   direction = optax.with_extra_args_support(direction)
   store_previous = previous_direction_fn is None
-  if tangent_decay and not store_previous:
-    raise ValueError("tangent_decay needs a stored previous direction.")
+  if (tangent_decay or curvature) and not store_previous:
+    raise ValueError("a longer horizon needs a stored previous direction.")
 
   def init_fn(params):
     inner_state = direction.init(params)
@@ -290,8 +331,14 @@ def hypergradient_descent(
       # done otherwise: it changes how XLA fuses, and so rounds, the inner
       # optimizer, which hyper_lr=0 must reproduce bit for bit.)
       updates = _ordered_after(rate, updates, granularity)
-    new_direction, inner_state = direction.update(
-        updates, inner_state, params, **extra_args)
+    correction = None
+    if curvature:
+      new_direction, inner_state, correction = _curvature_step(
+          direction, updates, inner_state, params, previous, rate, sign,
+          granularity, extra_args)
+    else:
+      new_direction, inner_state = direction.update(
+          updates, inner_state, params, **extra_args)
     like = updates if params is None else params
     new_updates = scale_by_rate(rate, new_direction, sign=sign,
                                 granularity=granularity, like=like)
@@ -299,7 +346,7 @@ def hypergradient_descent(
       tangent = _ordered_after(rate, new_direction, granularity)
       if tangent_decay:
         tangent = decay_tangent(previous, tangent, old_rate, rate,
-                                tangent_decay, granularity)
+                                tangent_decay, granularity, correction)
       # Cast to the stored dtype so that the state's dtypes never drift.
       previous = optax.tree.cast_like(tangent, state[3])
     if rate_rule.keeps_grad_norm:
@@ -331,10 +378,11 @@ def build_rule(*, hyper_lr, rule, min_rate, max_rate, overshoot_guard=False,
 hyper_step = _rules.optimizer_step
 
 
-def check_common(*, hyper_lr, rule, granularity, min_rate, max_rate) -> None:
+def check_common(*, hyper_lr, rule, granularity, min_rate, max_rate,
+                 bound_names=("min_rate", "max_rate")) -> None:
   """Construction-time checks shared by the wrapper and the aliases."""
   _validation.check_non_negative("hyper_lr", hyper_lr)
   _validation.check_choice("rule", rule, _validation.RULES)
   _validation.check_choice("granularity", granularity,
                            _validation.GRANULARITIES)
-  _validation.check_bounds(min_rate, max_rate)
+  _validation.check_bounds(min_rate, max_rate, bound_names)

@@ -79,15 +79,32 @@ def check_learning_rate(value: Any) -> None:
   check_non_negative("learning_rate", value)
 
 
-def check_bounds(min_rate: Any, max_rate: Any) -> None:
+def check_horizon(horizon: Any, curvature: Any) -> None:
+  """``horizon``: an int >= 1 (1: the paper); ``curvature`` needs >= 2."""
+  if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)):
+    raise TypeError(f"horizon must be an int >= 1 (steps); got {horizon!r}.")
+  if horizon < 1:
+    raise ValueError(f"horizon must be an int >= 1 (steps); got {horizon!r}.")
+  if not isinstance(curvature, bool):
+    raise TypeError(f"curvature must be True or False; got {curvature!r}.")
+  if curvature and horizon == 1:
+    raise ValueError(
+        "curvature=True carries the tangent over several steps: it needs "
+        f"horizon >= 2; got horizon={horizon!r}.")
+
+
+def check_bounds(min_rate: Any, max_rate: Any,
+                 names: tuple[str, str] = ("min_rate", "max_rate")) -> None:
+  """Bounds on the rate (or on the wrapper's scale), named as the caller's."""
   lo, hi = concrete_float(min_rate), concrete_float(max_rate)
-  for name, raw, x in (("min_rate", min_rate, lo), ("max_rate", max_rate, hi)):
+  low_name, high_name = names
+  for name, raw, x in ((low_name, min_rate, lo), (high_name, max_rate, hi)):
     if raw is not None and x is not None and math.isnan(x):
       raise ValueError(f"{name} must not be NaN; got {raw!r}.")
   if lo is not None and hi is not None and lo > hi:
     raise ValueError(
-        f"min_rate must be <= max_rate; got min_rate={min_rate!r} > "
-        f"max_rate={max_rate!r}."
+        f"{low_name} must be <= {high_name}; got {low_name}={min_rate!r} > "
+        f"{high_name}={max_rate!r}."
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Union
 
 import jax
@@ -9,22 +10,57 @@ import optax
 
 from hypergrad_optax import _core
 from hypergrad_optax import _validation
+from hypergrad_optax import rules as rules_lib
 from hypergrad_optax._core import ScaleByHypergradientState  # pylint: disable=unused-import
+
+
+_UNSET = object()
+
+
+def _renamed(new_value, old_value, new_name, old_name):
+  """``min_rate``/``max_rate`` bounded the factor, not the rate: renamed."""
+  if old_value is _UNSET:
+    return new_value
+  warnings.warn(
+      f"hypergradient({old_name}=...) is deprecated: it bounds the factor "
+      f"s, not the learning rate; use {new_name}.", DeprecationWarning,
+      stacklevel=3)
+  return old_value
+
+
+def _rate_rule(rule, hyper_lr, hyper_optimizer, overshoot_guard, min_scale,
+               max_scale):
+  """The wrapper's rule: a named one, or the user's, guarded and bounded."""
+  if not isinstance(rule, rules_lib.RateRule):
+    return _core.build_rule(
+        hyper_lr=hyper_lr, rule=rule, min_rate=min_scale, max_rate=max_scale,
+        overshoot_guard=overshoot_guard, hyper_optimizer=hyper_optimizer)
+  if hyper_optimizer is not None:
+    raise ValueError(
+        "hyper_optimizer is part of the rule: with rule=RateRule(...), build "
+        "it into the rule (rules.descend(feedback, hyper_optimizer)); got "
+        "both.")
+  return rules_lib.guarded(rule, overshoot_guard=overshoot_guard,
+                           min_rate=min_scale, max_rate=max_scale)
 
 
 def hypergradient(
     inner: optax.GradientTransformation,
     hyper_lr: jax.typing.ArrayLike = 0.1,
     *,
-    rule: str = "multiplicative",
+    rule: Union[str, rules_lib.RateRule] = "multiplicative",
     granularity: str = "global",
     initial_scale: jax.typing.ArrayLike = 1.0,
-    min_rate: Optional[jax.typing.ArrayLike] = 0.0,
-    max_rate: Optional[jax.typing.ArrayLike] = None,
+    min_scale: Optional[jax.typing.ArrayLike] = 0.0,
+    max_scale: Optional[jax.typing.ArrayLike] = None,
     buffer_dtype: Optional[Any] = None,
     overshoot_guard: bool = True,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
+    horizon: int = 1,
+    curvature: bool = False,
+    min_rate: Any = _UNSET,
+    max_rate: Any = _UNSET,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales any optimizer's updates by a factor learnt by hypergradient descent.
 
@@ -125,9 +161,14 @@ def hypergradient(
     `Gradient Descent: The Ultimate Optimizer
     <https://arxiv.org/abs/1909.13371>`_, NeurIPS 2022 (hyper-optimizers).
   """
-  _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
-                     min_rate=min_rate, max_rate=max_rate)
+  min_scale = _renamed(min_scale, min_rate, "min_scale", "min_rate")
+  max_scale = _renamed(max_scale, max_rate, "max_scale", "max_rate")
+  _core.check_common(
+      hyper_lr=hyper_lr, granularity=granularity, min_rate=min_scale,
+      max_rate=max_scale, bound_names=("min_scale", "max_scale"),
+      rule=rule if isinstance(rule, str) else "multiplicative")
   _validation.check_positive("initial_scale", initial_scale)
+  _validation.check_horizon(horizon, curvature)
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(
         "inner must be an optax.GradientTransformation (e.g. optax.adam(1e-3));"
@@ -137,10 +178,11 @@ def hypergradient(
       state_cls=ScaleByHypergradientState,
       sign=1.0,
       initial_rate=initial_scale,
-      rate_rule=_core.build_rule(
-          hyper_lr=hyper_lr, rule=rule, min_rate=min_rate, max_rate=max_rate,
-          overshoot_guard=overshoot_guard, hyper_optimizer=hyper_optimizer),
+      rate_rule=_rate_rule(rule, hyper_lr, hyper_optimizer, overshoot_guard,
+                           min_scale, max_scale),
       granularity=granularity,
       buffer_dtype=buffer_dtype,
       axis_name=axis_name,
+      tangent_decay=1.0 - 1.0 / horizon,
+      curvature=curvature,
   )

@@ -296,6 +296,14 @@ def scale_by_log_rate(step_size: Any, b1: float = 0.9, b2: float = 0.99,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def guarded(rule: RateRule, *, overshoot_guard: bool = False,
+            min_rate: Any = None, max_rate: Any = None) -> RateRule:
+  """``rule`` followed by the overshoot guard (optional) and the bounds."""
+  constraints = (overshoot_cap(),) if overshoot_guard else ()
+  return constrained(rule, *constraints, bounds(min_rate, max_rate),
+                     keeps_grad_norm=overshoot_guard)
+
+
 def paper_rule(hyper_lr: Any, rule: str, *, min_rate: Any = None,
                max_rate: Any = None, overshoot_guard: bool = False,
                hyper_optimizer: Optional[optax.GradientTransformation] = None
