@@ -213,7 +213,14 @@ def _leaf_tokens(grads: optax.Updates, previous: optax.Updates,
     square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
     norms = _tree.reduce_product(square, previous, previous, per, dtype)
     tokens = jax.tree.map(jnp.add, tokens, norms)
-  return tokens
+  # Plus one entry of every gradient: each update also waits for the whole
+  # backward pass, as the exact rule's does (not for the reductions). Without
+  # it XLA cannot order a layer's in-place parameter write after the backward
+  # pass's last read of that parameter and copies it first, as it does for
+  # the base optimizers.
+  done = sum((jnp.ravel(g)[0].astype(dtype) for g in jax.tree.leaves(grads)),
+             jnp.zeros((), dtype))
+  return jax.tree.map(lambda t: t + done, tokens)
 
 
 def _ordered_after_leafwise(tokens: optax.Updates,
@@ -424,6 +431,10 @@ def hypergradient_descent(
     like = updates if params is None else params
     new_updates = scale_by_rate(rate, new_direction, sign=sign,
                                 granularity=granularity, like=like)
+    if delayed and store_previous:
+      # Nothing else orders the parameters' overwrite after the backward
+      # pass (the exact rule's rate does): see _leaf_tokens.
+      new_updates = ordered(new_updates)
     if store_previous:
       tangent = ordered(new_direction)
       if tangent_decay:
