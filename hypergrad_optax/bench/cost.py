@@ -272,7 +272,9 @@ def step_overhead(
   Returns:
     name -> {'ms': median milliseconds per step, 'ratio': median over rounds
     of the within-round ratio to the base, 'ratio_min'/'ratio_max': its range
-    over rounds (the noise)}.
+    over rounds (the noise), 'cpu_ratio': the same median ratio of the
+    process's CPU time (all threads: the work, less sensitive than the wall
+    time to other processes' load, blind to idle threads)}.
   """
   if workload is None:
     workload = mlp_workload(sizes, batch_size, seed)
@@ -289,23 +291,27 @@ def step_overhead(
     runs[name] = [step, carry, args]
 
   times = {name: [] for name in names}
+  cpu_times = {name: [] for name in names}
   for r in range(rounds):
     for name in names[r % len(names):] + names[:r % len(names)]:
       step, carry, args = runs[name]
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       for _ in range(steps):
         *carry, value = step(*carry, *args)
       jax.block_until_ready((carry, value))
       times[name].append((time.perf_counter() - start) / steps)
+      cpu_times[name].append((time.process_time() - cpu_start) / steps)
       runs[name][1] = carry
 
-  base = times[names[0]]
+  base, cpu_base = times[names[0]], cpu_times[names[0]]
   result = {}
   for name in names:
     ratios = [t / b for t, b in zip(times[name], base)]
+    cpu_ratios = [t / b for t, b in zip(cpu_times[name], cpu_base)]
     result[name] = {"ms": 1e3 * statistics.median(times[name]),
                     "ratio": statistics.median(ratios),
-                    "ratio_min": min(ratios), "ratio_max": max(ratios)}
+                    "ratio_min": min(ratios), "ratio_max": max(ratios),
+                    "cpu_ratio": statistics.median(cpu_ratios)}
   return result
 
 
@@ -361,13 +367,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"{workload.name} ({n_params:,} parameters), batch "
         f"{workload.batch[0].shape[0]}, {args.rounds} rounds x {args.steps} "
         f"steps, {jax.devices()[0].platform}")
-  print("ratio: measured time / base's (median over rounds, [range]); floor: "
-        "XLA's compiled bytes accessed and flops / base's")
+  print("ratio: measured wall time / base's (median over rounds, [range]); "
+        "cpu: the same for the process's CPU time; floor B / F: XLA's compiled "
+        "bytes accessed / flops, over base's")
   for what in whats:
     print(f"\n{'full step (grad + update + apply)' if what == 'full' else 'update + apply alone'}")
     print(f"{'optimizer':<34}{'ms/step':>9}{'ratio':>8}{'(range)':>16}"
-          f"{'floor B':>9}{'floor F':>9}{'MiB/step':>10}{'state MiB':>10}"
-          f"{'B/param':>8}")
+          f"{'cpu':>7}{'floor B':>9}{'floor F':>9}{'MiB/step':>10}"
+          f"{'state MiB':>10}{'B/param':>8}")
     for group in groups:
       timings = None
       if not args.no_time:
@@ -381,11 +388,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         analysis = compiled_cost(tx, workload, what)
         base = base or analysis
         if timings is None:
-          measured = f"{'-':>9}{'-':>8}{'':>16}"
+          measured = f"{'-':>9}{'-':>8}{'':>16}{'-':>7}"
         else:
           t = timings[name]
           spread = f"[{t['ratio_min']:.3f}, {t['ratio_max']:.3f}]"
-          measured = f"{t['ms']:>9.2f}{t['ratio']:>8.3f}{spread:>16}"
+          measured = (f"{t['ms']:>9.2f}{t['ratio']:>8.3f}{spread:>16}"
+                      f"{t['cpu_ratio']:>7.3f}")
         floor_b = analysis["bytes accessed"] / base["bytes accessed"]
         floor_f = analysis["flops"] / base["flops"]
         print(f"{name:<34}{measured}{floor_b:>9.3f}{floor_f:>9.3f}"
