@@ -28,9 +28,13 @@ _ADAM = pytest.mark.standard_promotion  # optax's Adam is not strict-clean
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu",
                                 reason="counts of XLA's CPU fusions")
 
-# Moderately sized: the scalars' bytes stay far below one pass.
+# Moderately sized: the scalars' bytes stay far below one pass. Two leaves of
+# one shape, as in a transformer's layers: XLA then shares what it computes
+# for one with the other, which once materialised Adam-HD's scalars as
+# parameter-sized arrays.
 _PARAMS = {"w0": jnp.zeros((256, 512)), "b0": jnp.zeros(512),
-           "w1": jnp.zeros((512, 384)), "b1": jnp.zeros(384)}
+           "w1": jnp.zeros((512, 384)), "b1": jnp.zeros(384),
+           "w2": jnp.zeros((512, 384)), "b2": jnp.zeros(384)}
 
 
 def passes(tx: optax.GradientTransformation) -> float:
