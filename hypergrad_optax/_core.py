@@ -240,6 +240,9 @@ def _curvature_step(direction, updates, inner_state, params, tangent,
   (new_direction, new_state), (jhz, _) = jax.jvp(
       lambda g: direction.update(g, inner_state, params, **extra_args),
       (updates,), (hz,))
+  # Where the direction is not differentiable (Adam's sqrt at v = 0, a dead
+  # unit's zero gradient) its derivative is NaN: no curvature term there.
+  jhz = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0), jhz)
   correction = scale_by_rate(rate, jhz, sign=sign, granularity=granularity,
                              like=jhz)
   return new_direction, new_state, correction
