@@ -208,8 +208,11 @@ def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
     correction = jax.tree.map(jnp.zeros_like, tangent)
 
   def leaf(f, z, c, d):
-    return (f * (z.astype(f.dtype) + c.astype(f.dtype))
-            + d.astype(f.dtype)).astype(d.dtype)
+    # A non-finite history (a NaN gradient once) would stay in a discounted
+    # sum for good: drop it instead, as a zero rate does.
+    history = z.astype(f.dtype) + c.astype(f.dtype)
+    history = jnp.where(jnp.isfinite(history), history, 0)
+    return (f * history + d.astype(f.dtype)).astype(d.dtype)
   if granularity == "global":
     return jax.tree.map(lambda z, c, d: leaf(factor, z, c, d), tangent,
                         correction, new_direction)
