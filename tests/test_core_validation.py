@@ -31,6 +31,8 @@ _BAD_CONSTRUCTION = [
      "granularity must be one of 'global', 'per-tensor', 'per-element'"),
     (lambda: hgo.hypergradient(optax.sgd(0.1), min_scale=2.0, max_scale=1.0),
      ValueError, "min_scale must be <= max_scale"),
+    (lambda: hgo.sgd_hd(min_rate=2.0, max_rate=1.0), ValueError,
+     "min_rate must be <= max_rate"),
     (lambda: hgo.sgd_hd(min_rate=float("nan")), ValueError, "min_rate"),
     (lambda: hgo.adam_hd(b1=1.0), ValueError, r"b1 must be in \[0, 1\)"),
     (lambda: hgo.adamw_hd(b2=-0.1), ValueError, r"b2 must be in \[0, 1\)"),
