@@ -57,7 +57,7 @@ def hypergradient(
     overshoot_guard: bool = True,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
-    horizon: int = 1,
+    horizon: Optional[int] = None,
     curvature: bool = False,
     min_rate: Any = _UNSET,
     max_rate: Any = _UNSET,
@@ -170,6 +170,9 @@ def hypergradient(
       max_rate=max_scale, bound_names=("min_scale", "max_scale"),
       rule=rule if isinstance(rule, str) else "multiplicative")
   _validation.check_positive("initial_scale", initial_scale)
+  # None, not 1, by default: optax.inject_hyperparams turns every numeric
+  # default into a (traced) array, and the horizon must stay static.
+  horizon = 1 if horizon is None else horizon
   _validation.check_horizon(horizon, curvature)
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(
