@@ -310,3 +310,37 @@ def test_alias_buffer_dtype_is_the_stored_direction_dtype(make):
   for state in states:
     assert state.previous_direction.dtype == jnp.bfloat16
     assert state.learning_rate.dtype == jnp.float32
+
+
+def test_adapt_hyperparams_stacked_on_the_wrapper_by_hand(x64):
+  """hyper_optimizer=hypergradient(sgd(γ)): φ moves by s_t ũ_t, ũ_t = -γ h_t,
+  and s follows the wrapper's default rule on its own hypergradient h_t ũ_{t-1}
+  (multiplicative, β = 0.1, the 3A guard, s >= 0)."""
+  del x64
+  lr, mu0, gamma, beta, steps = 0.1, 0.6, 0.5, 0.1, 12
+  tx = hgo.adapt_hyperparams(
+      optax.sgd, ("momentum",), hyper_optimizer=hgo.hypergradient(
+          optax.sgd(gamma)), hyperparams=dict(learning_rate=lr, momentum=mu0))
+  states, _ = _run(tx, steps)
+  theta, v, tangent = _THETA0, np.zeros(3), np.zeros(3)
+  phi, s, u_prev, h_prev = np.log(mu0 / (1 - mu0)), 1.0, 0.0, 0.0
+  for state in states:
+    g = _grad(theta)
+    h = g @ tangent  # φ's hypergradient: the wrapper's gradient
+    hs = h * u_prev  # the scale's hypergradient
+    norm = abs(h) * abs(u_prev)
+    proposed = s * (1 - beta * (hs / norm if norm > 0 else 0.0))
+    bound = abs(h_prev) * abs(u_prev)
+    if hs > 3 * bound:
+      proposed = min(proposed, s * bound / (bound + hs))
+    s = max(proposed, 0.0)
+    u_prev, h_prev = -gamma * h, h
+    phi = phi + s * u_prev
+    mu = 1 / (1 + np.exp(-phi))
+    tangent = -lr * mu * (1 - mu) * v
+    v = g + mu * v
+    theta = theta - lr * v
+    np.testing.assert_allclose(state.unconstrained["momentum"], phi,
+                               rtol=1e-12)
+    np.testing.assert_allclose(state.hyper_state.scale, s, rtol=1e-12)
+  assert abs(s - 1.0) > 1e-2 and abs(phi - np.log(mu0 / (1 - mu0))) > 1e-3
