@@ -491,3 +491,16 @@ def test_state_stable_under_jit_and_nan_never_reaches_the_rate(config):
         (state.scale, state.hyper_state)))
   # The rate did move on the finite steps.
   assert any(not np.allclose(x, 1.0) for x in jax.tree.leaves(scales[2]))
+
+
+@pytest.mark.parametrize("rule", ["additive", "multiplicative"])
+def test_zero_hyper_lr_switches_the_cap_off(x64, rule):
+  """β = 0 with an overshooting inner step (θ -> -4θ, h = 4A > 3A): the
+  cap would act, but β = 0 must reproduce the inner optimizer exactly."""
+  del x64
+  scales, _ = _quadratic_run(hgo.hypergradient(optax.sgd(5.0), 0.0,
+                                               rule=rule), 4)
+  assert scales == [1.0] * 4
+  capped, _ = _quadratic_run(hgo.hypergradient(optax.sgd(5.0), 1e-9,
+                                               rule=rule), 4)
+  assert capped[1] < 0.5  # the same run with β > 0 is capped
