@@ -45,6 +45,12 @@ _COMMON_ARGS_DOC = r"""
       ``-h_t h_{t-1}`` (Chandra et al., 2022). ``hyper_lr`` is then unused.
       Its state is the state's ``hyper_state``; bounds and the non-finite
       guard apply after its step.
+    delayed: apply each step of ``α`` one step late (default False: the
+      paper's rule): step ``t`` uses the ``α`` chosen at step ``t-1`` and
+      ``h_t`` moves that of step ``t+1``, so the update does not wait for the
+      reduction of ``h_t`` over every parameter. Not the paper's algorithm;
+      for steps dominated by the optimizer's own passes (small batches, large
+      models); see ``docs/results.md``, "Cost per step".
 """
 
 
@@ -68,7 +74,7 @@ def _is_zero(value: Any) -> bool:
 def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
               min_rate, max_rate, overshoot_guard, weight_decay=None,
               previous_direction_fn=None, buffer_dtype=None, axis_name=None,
-              hyper_optimizer=None):
+              hyper_optimizer=None, delayed=False):
   """Checks the shared arguments and builds the alias over ``direction``."""
   _validation.check_learning_rate(learning_rate)
   _core.check_common(hyper_lr=hyper_lr, rule=rule, granularity=granularity,
@@ -90,6 +96,7 @@ def _hd_alias(direction, *, learning_rate, hyper_lr, rule, granularity,
       buffer_dtype=buffer_dtype,
       weight_decay=weight_decay,
       axis_name=axis_name,
+      delayed=delayed,
   )
 
 
@@ -137,6 +144,7 @@ def sgd_hd(
     buffer_dtype: Optional[Any] = None,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
+    delayed: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD-HD and SGDN-HD: SGD whose learning rate follows its hypergradient.
 
@@ -205,7 +213,7 @@ def sgd_hd(
       overshoot_guard=overshoot_guard,
       weight_decay=weight_decay, previous_direction_fn=previous_direction_fn,
       buffer_dtype=buffer_dtype, axis_name=axis_name,
-      hyper_optimizer=hyper_optimizer)
+      hyper_optimizer=hyper_optimizer, delayed=delayed)
 
 
 def _check_adam_args(b1, b2, eps):
@@ -230,6 +238,7 @@ def adam_hd(
     overshoot_guard: bool = False,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
+    delayed: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam-HD: Adam whose learning rate follows its hypergradient.
 
@@ -289,7 +298,7 @@ def adam_hd(
       overshoot_guard=overshoot_guard,
       weight_decay=weight_decay,
       previous_direction_fn=_adam_direction(b1, b2, eps),
-      axis_name=axis_name, hyper_optimizer=hyper_optimizer)
+      axis_name=axis_name, hyper_optimizer=hyper_optimizer, delayed=delayed)
 
 
 @_with_common_args_doc
@@ -309,6 +318,7 @@ def adamw_hd(
     buffer_dtype: Optional[Any] = None,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
+    delayed: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW-HD: Adam-HD with decoupled weight decay in the direction.
 
@@ -358,4 +368,4 @@ def adamw_hd(
       granularity=granularity, min_rate=min_rate, max_rate=max_rate,
       overshoot_guard=overshoot_guard,
       buffer_dtype=buffer_dtype, axis_name=axis_name,
-      hyper_optimizer=hyper_optimizer)
+      hyper_optimizer=hyper_optimizer, delayed=delayed)

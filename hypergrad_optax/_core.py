@@ -172,6 +172,74 @@ def _ordered_after(rate: Rate, tree: optax.Updates,
   return jax.tree.map(leaf, rate, tree)
 
 
+def _reads_direction_norm(rule: _rules.RateRule, rate: Rate,
+                          signals: _rules.RateSignals, state: Any) -> bool:
+  """Whether ``rule``'s step depends on ``signals.direction_norm``.
+
+  Read off the step's jaxpr with dead code removed (True when that cannot be
+  done). Under ``jax.jit`` XLA drops a norm no rule reads; the delayed rule
+  must know it to order the state's overwrite after exactly the reductions
+  that are computed.
+  """
+  try:
+    from jax._src.interpreters import partial_eval as pe  # pylint: disable=import-outside-toplevel
+    flat, treedef = jax.tree.flatten((rate, signals, state))
+    def step(*leaves):
+      return rule.update(*jax.tree.unflatten(treedef, leaves))
+    closed = jax.make_jaxpr(step)(*[
+        jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in flat])
+    _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    start = sum(len(jax.tree.leaves(x)) for x in (
+        rate, signals.hypergradient, signals.grad_norm))
+    return any(used[start:start + len(jax.tree.leaves(
+        signals.direction_norm))])
+  except Exception:  # pylint: disable=broad-exception-caught
+    return True
+
+
+def _leaf_tokens(grads: optax.Updates, previous: optax.Updates,
+                 granularity: str, dtype,
+                 with_direction_norm: bool) -> optax.Updates:
+  """Each leaf's own share of ``g·D_{t-1}`` (and of ``‖D_{t-1}‖²``).
+
+  The same leafwise sums (per element: the products) as
+  :func:`rate_signals`' (XLA computes them once), without the sum over leaves
+  or devices: what each leaf's overwrite of the old state can be ordered
+  after without waiting for the other leaves.
+  """
+  per = "per-element" if granularity == "per-element" else "per-tensor"
+  tokens = _tree.reduce_product(jnp.multiply, grads, previous, per, dtype)
+  if with_direction_norm:
+    square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
+    norms = _tree.reduce_product(square, previous, previous, per, dtype)
+    tokens = jax.tree.map(jnp.add, tokens, norms)
+  # Plus one entry of every gradient: each update also waits for the whole
+  # backward pass, as the exact rule's does (not for the reductions). Without
+  # it XLA cannot order a layer's in-place parameter write after the backward
+  # pass's last read of that parameter and copies it first, as it does for
+  # the base optimizers.
+  done = sum((jnp.ravel(g)[0].astype(dtype) for g in jax.tree.leaves(grads)),
+             jnp.zeros((), dtype))
+  return jax.tree.map(lambda t: t + done, tokens)
+
+
+def _ordered_after_leafwise(tokens: optax.Updates,
+                            tree: optax.Updates) -> optax.Updates:
+  """``tree``, each leaf selected by a predicate on its token that always holds.
+
+  :func:`_ordered_after` for the delayed rule, whose update does not wait for
+  the rate: each leaf's overwrite of the state that its share of the
+  hypergradient read is ordered after that share only. The predicate is on
+  the token's bits, ``(bits | 1) != 0``, true for every value, NaN included
+  (a gradient may be NaN; the rate of ``_ordered_after`` never is), and not
+  folded away by XLA.
+  """
+  def leaf(token, x):
+    bits = jax.lax.bitcast_convert_type(token.astype(jnp.float32), jnp.int32)
+    return jnp.where((bits | 1) != 0, x, jnp.zeros_like(x))
+  return jax.tree.map(leaf, tokens, tree)
+
+
 def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
                   granularity: str, like: optax.Updates) -> optax.Updates:
   """``sign * rate ⊙ direction`` in the rate's precision, cast like ``like``."""
@@ -265,6 +333,7 @@ def hypergradient_descent(
     axis_name: AxisName = None,
     tangent_decay: float = 0.0,
     curvature: bool = False,
+    delayed: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -295,6 +364,13 @@ def hypergradient_descent(
     curvature: carry the tangent through the optimizer's Jacobian (MARTHE,
       with a Hessian-vector product of the ``grad_fn`` extra argument; see
       :func:`decay_tangent`) instead of taking it as the identity.
+    delayed: apply each rate step one step late: step ``t`` updates with
+      the rate chosen at step ``t-1`` (the state's rate is the one the *next*
+      update uses), and ``h_t``, computed from this step's gradient, moves the
+      rate of step ``t+1``. The update then does not wait for a reduction over
+      every parameter: each leaf's update pass follows its own gradient (and
+      its own share of ``h_t``) alone, as in the base optimizer. The rule's
+      ``old rate / new rate`` (the tangent's decay) is that of its own step.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -331,12 +407,25 @@ def hypergradient_descent(
         old_rate, updates, previous, sign=sign, granularity=granularity,
         previous_grad_norm=grad_norm if rate_rule.keeps_grad_norm else None,
         axis_name=axis_name)
-    rate, hyper_state = rate_rule.update(old_rate, signals, hyper_state)
+    next_rate, hyper_state = rate_rule.update(old_rate, signals, hyper_state)
+    if delayed:
+      # This step's rate was chosen at the last one; what reads the old state
+      # is ordered leaf by leaf (see _ordered_after_leafwise), not after the
+      # rate.
+      rate = old_rate
+      tokens = _leaf_tokens(
+          updates, previous, granularity, jax.tree.leaves(old_rate)[0].dtype,
+          _reads_direction_norm(rate_rule, old_rate, signals,
+                                state[5]))
+      ordered = lambda tree: _ordered_after_leafwise(tokens, tree)  # pylint: disable=unnecessary-lambda-assignment
+    else:
+      rate = next_rate
+      ordered = lambda tree: _ordered_after(rate, tree, granularity)  # pylint: disable=unnecessary-lambda-assignment
     if not store_previous:
       # The direction overwrites the state d_{t-1} was recomputed from. (Not
       # done otherwise: it changes how XLA fuses, and so rounds, the inner
       # optimizer, which hyper_lr=0 must reproduce bit for bit.)
-      updates = _ordered_after(rate, updates, granularity)
+      updates = ordered(updates)
     correction = None
     if curvature:
       new_direction, inner_state, correction = _curvature_step(
@@ -348,10 +437,14 @@ def hypergradient_descent(
     like = updates if params is None else params
     new_updates = scale_by_rate(rate, new_direction, sign=sign,
                                 granularity=granularity, like=like)
+    if delayed and store_previous:
+      # Nothing else orders the parameters' overwrite after the backward
+      # pass (the exact rule's rate does): see _leaf_tokens.
+      new_updates = ordered(new_updates)
     if store_previous:
-      tangent = _ordered_after(rate, new_direction, granularity)
+      tangent = ordered(new_direction)
       if tangent_decay:
-        tangent = decay_tangent(previous, tangent, old_rate, rate,
+        tangent = decay_tangent(previous, tangent, old_rate, next_rate,
                                 tangent_decay, granularity, correction)
       # Cast to the stored dtype so that the state's dtypes never drift.
       previous = optax.tree.cast_like(tangent, state[3])
@@ -360,7 +453,7 @@ def hypergradient_descent(
     # A recomputed d_{t-1} is not state: keep init's empty placeholder, so
     # the state's structure (lax.scan, lax.cond) and size never change.
     stored = previous if store_previous else state[3]
-    return new_updates, state_cls(optax.safe_increment(count), rate,
+    return new_updates, state_cls(optax.safe_increment(count), next_rate,
                                   inner_state, stored, grad_norm,
                                   hyper_state)
 

@@ -61,6 +61,7 @@ def hypergradient(
     curvature: bool = False,
     min_rate: Any = _UNSET,
     max_rate: Any = _UNSET,
+    delayed: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scales any optimizer's updates by a factor learnt by hypergradient descent.
 
@@ -138,6 +139,12 @@ def hypergradient(
       hypergradient :math:`-h_t h_{t-1}`; Chandra et al., 2022). ``hyper_lr``
       is then unused. Its state is the state's ``hyper_state``; bounds and
       both guards apply after its step.
+    delayed: apply each step of the factor one step late (default False):
+      step ``t`` uses the factor chosen at step ``t-1`` and :math:`h_t` moves
+      that of step ``t+1``, so the update does not wait for the reduction of
+      :math:`h_t` over every parameter (the state's ``scale`` is then the one
+      the next update uses). For steps dominated by the optimizer's own passes
+      (small batches, large models); see ``docs/results.md``, "Cost per step".
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -190,4 +197,5 @@ def hypergradient(
       axis_name=axis_name,
       tangent_decay=1.0 - 1.0 / horizon,
       curvature=curvature,
+      delayed=delayed,
   )

@@ -1,13 +1,24 @@
-"""What hypergradient descent costs: per-step time and optimizer-state bytes.
+"""What hypergradient descent costs: per-step time, its floor, state bytes.
 
-The time is that of a full jitted training step (forward, backward, optimizer
-update, apply) of the paper's MLP 784-1000-1000-10 on a random batch of 128,
-for each base optimizer next to its hypergradient variants. All variants are
-compiled and warmed up in one process, then timed in alternating rounds (the
-order rotates each round), so that a shared or throttled machine slows every
-variant alike; the ratio to the base is the median over rounds of the ratio
-within a round. Parameters and optimizer state are donated to the step, so
-memory is not doubled.
+The time is that of a jitted step, for each base optimizer next to its
+hypergradient variants: the full training step (forward, backward, optimizer
+update, apply) of a model on a random batch, and the optimizer update alone
+(update and apply, from fixed gradients). All variants are compiled and warmed
+up in one process, then timed in alternating rounds (the order rotates each
+round), so that a shared or throttled machine slows every variant alike; the
+ratio to the base is the median over rounds of the ratio within a round.
+Parameters and optimizer state are donated to the step, so memory is not
+doubled.
+
+Beside each measured ratio is its *floor*: the same ratio of XLA's compiled
+cost analysis of the two steps, bytes accessed (the memory traffic, which
+bounds an optimizer's elementwise passes) and flops. A measured ratio near the
+bytes ratio means the step costs what its extra memory passes must; above it,
+something else (scheduling, a slow kernel) costs more.
+
+Models: the paper's MLP 784-1000-1000-10 (``--hidden`` sets both hidden
+widths: 3000 gives 11.4M parameters), or a small decoder-only transformer
+(``--model transformer``).
 
 Run ``python -m hypergrad_optax.bench.cost`` (or ``hypergrad-bench cost``).
 """
@@ -17,7 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +45,22 @@ GROUPS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
         "hypergradient(adam)": lambda: hgo.hypergradient(optax.adam(1e-3)),
         "hypergradient(adam),bf16": lambda: hgo.hypergradient(
             optax.adam(1e-3), buffer_dtype=jnp.bfloat16),
+        "hypergradient(adam,h=100)": lambda: hgo.hypergradient(
+            optax.adam(1e-3), horizon=100),
+    },
+    "delayed": {
+        "adam": lambda: optax.adam(1e-3),
+        "adam_hd,delayed": lambda: hgo.adam_hd(1e-3, 1e-7, delayed=True),
+        "hypergradient(adam),delayed": lambda: hgo.hypergradient(
+            optax.adam(1e-3), delayed=True),
+        "hypergradient(adam,h=100),delayed": lambda: hgo.hypergradient(
+            optax.adam(1e-3), horizon=100, delayed=True),
     },
     "sgd": {
         "sgd": lambda: optax.sgd(1e-3),
         "sgd_hd": lambda: hgo.sgd_hd(1e-3, 1e-3),
         "hypergradient(sgd)": lambda: hgo.hypergradient(optax.sgd(1e-3)),
+        "sgd_hd,delayed": lambda: hgo.sgd_hd(1e-3, 1e-3, delayed=True),
     },
     "sgdm": {
         "sgd(momentum)": lambda: optax.sgd(1e-3, momentum=0.9),
@@ -81,6 +103,78 @@ def mlp_loss(params: Mapping[str, jax.Array], x: jax.Array,
   return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
 
 
+class Workload(NamedTuple):
+  """A model to time: its parameters, loss and one batch (inputs, labels)."""
+  name: str
+  params: Any
+  loss: Callable[..., jax.Array]
+  batch: tuple[jax.Array, jax.Array]
+
+
+def mlp_workload(sizes: Sequence[int] = (784, 1000, 1000, 10),
+                 batch_size: int = 128, seed: int = 0) -> Workload:
+  """The paper's MLP on a random batch (random inputs, random labels)."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch_size, sizes[0])), jnp.float32)
+  y = jnp.asarray(rng.integers(0, sizes[-1], size=batch_size), jnp.int32)
+  return Workload(f"MLP {'-'.join(map(str, sizes))}", mlp_params(sizes, seed),
+                  mlp_loss, (x, y))
+
+
+def transformer_params(vocab: int = 1024, width: int = 256, depth: int = 4,
+                       seq_len: int = 128, seed: int = 0) -> dict[str, Any]:
+  """A decoder-only transformer's parameters (pre-norm, 4x MLP, tied
+  embeddings, learnt positions), N(0, 0.02) weights."""
+  keys = iter(jax.random.split(jax.random.PRNGKey(seed), 4 + 4 * depth))
+  normal = lambda shape: 0.02 * jax.random.normal(next(keys), shape)  # pylint: disable=unnecessary-lambda-assignment
+  params = {"embed": normal((vocab, width)), "pos": normal((seq_len, width)),
+            "norm": jnp.ones(width)}
+  for i in range(depth):
+    params[f"layer{i}"] = {
+        "norm1": jnp.ones(width), "norm2": jnp.ones(width),
+        "qkv": normal((width, 3 * width)), "out": normal((width, width)),
+        "up": normal((width, 4 * width)), "up_b": jnp.zeros(4 * width),
+        "down": normal((4 * width, width)), "down_b": jnp.zeros(width)}
+  return params
+
+
+def transformer_loss(params: Mapping[str, Any], x: jax.Array, y: jax.Array,
+                     heads: int = 4) -> jax.Array:
+  """Next-token cross-entropy of a causal transformer on token ids ``x``."""
+  def norm(h, scale):
+    h = h - h.mean(-1, keepdims=True)
+    return scale * h * jax.lax.rsqrt((h * h).mean(-1, keepdims=True) + 1e-6)
+  batch, seq_len = x.shape
+  h = params["embed"][x] + params["pos"][:seq_len]
+  width = h.shape[-1]
+  mask = jnp.tril(jnp.ones((seq_len, seq_len), bool))
+  depth = sum(1 for k in params if k.startswith("layer"))
+  for i in range(depth):
+    layer = params[f"layer{i}"]
+    q, k, v = jnp.split(norm(h, layer["norm1"]) @ layer["qkv"], 3, axis=-1)
+    split = lambda t: t.reshape(batch, seq_len, heads, width // heads)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
+    logits = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k))
+    logits = jnp.where(mask, logits / np.sqrt(width // heads), -1e9)
+    attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits), split(v))
+    h = h + attn.reshape(batch, seq_len, width) @ layer["out"]
+    hidden = jax.nn.gelu(norm(h, layer["norm2"]) @ layer["up"] + layer["up_b"])
+    h = h + hidden @ layer["down"] + layer["down_b"]
+  logits = norm(h, params["norm"]) @ params["embed"].T
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def transformer_workload(batch_size: int = 16, width: int = 256,
+                         depth: int = 4, seq_len: int = 128, vocab: int = 1024,
+                         seed: int = 0) -> Workload:
+  """The transformer on random tokens (labels: the inputs shifted by one)."""
+  rng = np.random.default_rng(seed)
+  tokens = jnp.asarray(rng.integers(0, vocab, size=(batch_size, seq_len + 1)),
+                       jnp.int32)
+  return Workload(f"transformer d{width} L{depth} T{seq_len} V{vocab}",
+                  transformer_params(vocab, width, depth, seq_len, seed),
+                  transformer_loss, (tokens[:, :-1], tokens[:, 1:]))
+
+
 def train_step_fn(tx: optax.GradientTransformation, loss=mlp_loss):
   """A jitted training step donating the parameters and optimizer state."""
   def step(params, opt_state, x, y):
@@ -90,6 +184,29 @@ def train_step_fn(tx: optax.GradientTransformation, loss=mlp_loss):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+def update_step_fn(tx: optax.GradientTransformation):
+  """The optimizer alone: update from given gradients, then apply (jitted,
+  parameters and state donated). Its last output is a scalar to wait on."""
+  def step(params, opt_state, grads, value):
+    updates, opt_state = tx.update(grads, opt_state, params, value=value)
+    return optax.apply_updates(params, updates), opt_state, value
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _step_and_args(tx, workload: Workload, what: str, abstract: bool):
+  """The jitted step of ``what`` ('full' or 'update') and its arguments
+  after the parameters and state."""
+  if what == "full":
+    return train_step_fn(tx, workload.loss), workload.batch
+  if what != "update":
+    raise ValueError(f"what must be 'full' or 'update'; got {what!r}.")
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), workload.params)
+  if abstract:
+    grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype),
+                         workload.params)
+  return update_step_fn(tx), (grads, jnp.zeros([], jnp.float32))
+
+
 def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
   """Bytes of ``tx``'s state for ``params`` (abstractly: nothing allocated)."""
   shapes = jax.eval_shape(tx.init, params)
@@ -97,22 +214,33 @@ def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
              for s in jax.tree.leaves(shapes))
 
 
-def step_bytes_accessed(tx: optax.GradientTransformation, params: Any,
-                        batch_size: int = 128) -> float:
-  """XLA's estimate of the bytes one compiled training step reads and writes.
+def compiled_cost(tx: optax.GradientTransformation, workload: Workload,
+                  what: str = "full") -> dict[str, float]:
+  """XLA's cost analysis of one compiled step: 'bytes accessed' and 'flops'.
 
-  A deterministic complement to the timings: on a shared machine the
-  optimizer's extra memory passes are easier to see here than in the clock.
+  Deterministic (no timing): a step's memory traffic, the bound of an
+  optimizer's elementwise passes, is read off the compiled program.
   """
-  n_in = params["w0"].shape[0]
-  x = jax.ShapeDtypeStruct((batch_size, n_in), jnp.float32)
-  y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-  state = jax.eval_shape(tx.init, params)
-  compiled = train_step_fn(tx).lower(params, state, x, y).compile()
-  analysis = compiled.cost_analysis()
+  step, args = _step_and_args(tx, workload, what, abstract=True)
+  state = jax.eval_shape(tx.init, workload.params)
+  analysis = step.lower(workload.params, state, *args).compile(
+      ).cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("bytes accessed", float("nan")))
+  analysis = analysis or {}
+  return {key: float(analysis.get(key, float("nan")))
+          for key in ("bytes accessed", "flops")}
+
+
+def step_bytes_accessed(tx: optax.GradientTransformation, params: Any,
+                        batch_size: int = 128) -> float:
+  """XLA's estimate of the bytes one compiled MLP training step reads and
+  writes (see :func:`compiled_cost`)."""
+  n_in = params["w0"].shape[0]
+  workload = Workload("MLP", params, mlp_loss, (
+      jax.ShapeDtypeStruct((batch_size, n_in), jnp.float32),
+      jax.ShapeDtypeStruct((batch_size,), jnp.int32)))
+  return compiled_cost(tx, workload, "full")["bytes accessed"]
 
 
 def step_overhead(
@@ -124,75 +252,98 @@ def step_overhead(
     batch_size: int = 128,
     sizes: Sequence[int] = (784, 1000, 1000, 10),
     seed: int = 0,
+    workload: Optional[Workload] = None,
+    what: str = "full",
 ) -> dict[str, dict[str, float]]:
-  """Times a full training step of each optimizer, side by side.
+  """Times a step of each optimizer, side by side.
 
   Args:
     optimizers: name -> factory; the first is the base of the ratios.
-    steps: training steps per timed block.
+    steps: steps per timed block.
     rounds: timed blocks per optimizer; the order rotates every round.
     warmup: untimed steps after compilation.
-    batch_size: examples per step (random inputs, random labels).
-    sizes: the MLP's layer widths.
-    seed: for the parameters and data.
+    batch_size: examples per step of the default MLP workload.
+    sizes: the default MLP's layer widths.
+    seed: for the default MLP's parameters and data.
+    workload: the model and batch (default: the MLP of ``sizes``).
+    what: 'full' (gradient, update, apply) or 'update' (update and apply
+      from fixed gradients).
 
   Returns:
     name -> {'ms': median milliseconds per step, 'ratio': median over rounds
     of the within-round ratio to the base, 'ratio_min'/'ratio_max': its range
-    over rounds (the noise)}.
+    over rounds (the noise), 'cpu_ratio': the same median ratio of the
+    process's CPU time (all threads: the work, less sensitive than the wall
+    time to other processes' load, blind to idle threads)}.
   """
+  if workload is None:
+    workload = mlp_workload(sizes, batch_size, seed)
   names = list(optimizers)
-  rng = np.random.default_rng(seed)
-  x = jnp.asarray(rng.normal(size=(batch_size, sizes[0])), jnp.float32)
-  y = jnp.asarray(rng.integers(0, sizes[-1], size=batch_size), jnp.int32)
   runs = {}
   for name in names:
     tx = optimizers[name]()
-    params = mlp_params(sizes, seed)
-    step = train_step_fn(tx, mlp_loss)
+    params = jax.tree.map(jnp.copy, workload.params)
+    step, args = _step_and_args(tx, workload, what, abstract=False)
     carry = (params, tx.init(params))
     for _ in range(warmup):
-      *carry, value = step(*carry, x, y)
+      *carry, value = step(*carry, *args)
     jax.block_until_ready(value)
-    runs[name] = [step, carry]
+    runs[name] = [step, carry, args]
 
   times = {name: [] for name in names}
+  cpu_times = {name: [] for name in names}
   for r in range(rounds):
     for name in names[r % len(names):] + names[:r % len(names)]:
-      step, carry = runs[name]
-      start = time.perf_counter()
+      step, carry, args = runs[name]
+      start, cpu_start = time.perf_counter(), time.process_time()
       for _ in range(steps):
-        *carry, value = step(*carry, x, y)
+        *carry, value = step(*carry, *args)
       jax.block_until_ready((carry, value))
       times[name].append((time.perf_counter() - start) / steps)
+      cpu_times[name].append((time.process_time() - cpu_start) / steps)
       runs[name][1] = carry
 
-  base = times[names[0]]
+  base, cpu_base = times[names[0]], cpu_times[names[0]]
   result = {}
   for name in names:
     ratios = [t / b for t, b in zip(times[name], base)]
+    cpu_ratios = [t / b for t, b in zip(cpu_times[name], cpu_base)]
     result[name] = {"ms": 1e3 * statistics.median(times[name]),
                     "ratio": statistics.median(ratios),
-                    "ratio_min": min(ratios), "ratio_max": max(ratios)}
+                    "ratio_min": min(ratios), "ratio_max": max(ratios),
+                    "cpu_ratio": statistics.median(cpu_ratios)}
   return result
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m hypergrad_optax.bench.cost",
-      description="Per-step time and optimizer-state bytes of the "
-      "hypergradient optimizers vs their bases (MLP 784-1000-1000-10, "
-      "batch 128, one process).")
+      description="Per-step time of the hypergradient optimizers vs their "
+      "bases, beside its floor (XLA's compiled bytes accessed and flops, HD "
+      "step vs base step) and the optimizer-state bytes; one process.")
   parser.add_argument("--groups", default=",".join(GROUPS),
                       help=f"comma-separated, from {', '.join(GROUPS)}")
+  parser.add_argument("--what", default="full,update",
+                      help="comma-separated: 'full' (gradient + update + "
+                      "apply) and/or 'update' (update + apply alone)")
+  parser.add_argument("--model", default="mlp", choices=("mlp", "transformer"))
   parser.add_argument("--steps", type=int, default=2,
                       help="steps per timed block")
   parser.add_argument("--rounds", type=int, default=40,
                       help="timed blocks per optimizer (short blocks, many "
                       "rounds: neighbours in time see the same load)")
-  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="default 128 (MLP), 16 sequences (transformer)")
   parser.add_argument("--hidden", type=int, default=1000,
-                      help="width of the two hidden layers")
+                      help="width of the MLP's two hidden layers (3000: 11.4M "
+                      "parameters)")
+  parser.add_argument("--width", type=int, default=256,
+                      help="the transformer's model width")
+  parser.add_argument("--depth", type=int, default=4,
+                      help="the transformer's number of layers")
+  parser.add_argument("--no-time", action="store_true",
+                      help="only the compiled cost analysis (fast, "
+                      "deterministic)")
   return parser
 
 
@@ -202,28 +353,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   unknown = sorted(set(groups) - set(GROUPS))
   if unknown:
     _parser().error(f"unknown groups {unknown}; choose from {list(GROUPS)}")
-  sizes = (784, args.hidden, args.hidden, 10)
-  params = mlp_params(sizes)
+  whats = [w.strip() for w in args.what.split(",") if w.strip()]
+  if not whats or set(whats) - {"full", "update"}:
+    _parser().error(f"--what takes 'full' and/or 'update'; got {args.what!r}")
+  if args.model == "mlp":
+    workload = mlp_workload((784, args.hidden, args.hidden, 10),
+                            args.batch_size or 128)
+  else:
+    workload = transformer_workload(args.batch_size or 16, args.width,
+                                    args.depth)
+  params = workload.params
   n_params = sum(p.size for p in jax.tree.leaves(params))
-  print(f"MLP {'-'.join(map(str, sizes))} ({n_params:,} parameters), batch "
-        f"{args.batch_size}, {args.rounds} rounds x {args.steps} steps, "
-        f"{jax.devices()[0].platform}")
-  print(f"{'optimizer':<26}{'ms/step':>9}{'ratio':>8}{'(range)':>16}"
-        f"{'state MiB':>10}{'B/param':>9}{'XLA MiB/step':>13}{'ratio':>7}")
-  for group in groups:
-    timings = step_overhead(GROUPS[group], steps=args.steps,
-                            rounds=args.rounds, batch_size=args.batch_size,
-                            sizes=sizes)
-    base_traffic = None
-    for name, t in timings.items():
-      tx = GROUPS[group][name]()
-      nbytes = state_bytes(tx, params)
-      traffic = step_bytes_accessed(tx, params, args.batch_size)
-      base_traffic = base_traffic or traffic
-      spread = f"[{t['ratio_min']:.3f}, {t['ratio_max']:.3f}]"
-      print(f"{name:<26}{t['ms']:>9.2f}{t['ratio']:>8.3f}{spread:>16}"
-            f"{nbytes / 2**20:>10.2f}{nbytes / n_params:>9.2f}"
-            f"{traffic / 2**20:>13.1f}{traffic / base_traffic:>7.3f}")
+  print(f"{workload.name} ({n_params:,} parameters), batch "
+        f"{workload.batch[0].shape[0]}, {args.rounds} rounds x {args.steps} "
+        f"steps, {jax.devices()[0].platform}")
+  print("ratio: measured wall time / base's (median over rounds, [range]); "
+        "cpu: the same for the process's CPU time; floor B / F: XLA's compiled "
+        "bytes accessed / flops, over base's")
+  for what in whats:
+    print(f"\n{'full step (grad + update + apply)' if what == 'full' else 'update + apply alone'}")
+    print(f"{'optimizer':<34}{'ms/step':>9}{'ratio':>8}{'(range)':>16}"
+          f"{'cpu':>7}{'floor B':>9}{'floor F':>9}{'MiB/step':>10}"
+          f"{'state MiB':>10}{'B/param':>8}")
+    for group in groups:
+      timings = None
+      if not args.no_time:
+        timings = step_overhead(GROUPS[group], steps=args.steps,
+                                rounds=args.rounds, workload=workload,
+                                what=what)
+      base = None
+      for name, make in GROUPS[group].items():
+        tx = make()
+        nbytes = state_bytes(tx, params)
+        analysis = compiled_cost(tx, workload, what)
+        base = base or analysis
+        if timings is None:
+          measured = f"{'-':>9}{'-':>8}{'':>16}{'-':>7}"
+        else:
+          t = timings[name]
+          spread = f"[{t['ratio_min']:.3f}, {t['ratio_max']:.3f}]"
+          measured = (f"{t['ms']:>9.2f}{t['ratio']:>8.3f}{spread:>16}"
+                      f"{t['cpu_ratio']:>7.3f}")
+        floor_b = analysis["bytes accessed"] / base["bytes accessed"]
+        floor_f = analysis["flops"] / base["flops"]
+        print(f"{name:<34}{measured}{floor_b:>9.3f}{floor_f:>9.3f}"
+              f"{analysis['bytes accessed'] / 2**20:>10.1f}"
+              f"{nbytes / 2**20:>10.2f}{nbytes / n_params:>8.2f}")
   return 0
 
 
