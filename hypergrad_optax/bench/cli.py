@@ -8,6 +8,7 @@ Examples::
   hypergrad-bench --task logreg-mnist --data-dir DIR --alpha0 grid \\
       --methods all --out results/robustness        # α0 in 1e-1 ... 1e-6
   hypergrad-bench cost --help                       # per-step cost, state bytes
+  hypergrad-bench sweep --seeds 1 --out results/sweep  # regret over an α0 grid
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
       result = train_lib.train(
           dataset, model, method,
           alpha0=1e-3 if alpha0 is None else alpha0, beta=beta,
-          epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-          weight_decay=args.weight_decay, progress=not args.no_progress,
-          desc=desc)
+          epochs=epochs, batch_size=task.batch_size or args.batch_size,
+          seed=args.seed, weight_decay=args.weight_decay,
+          progress=not args.no_progress, desc=desc,
+          loss_fn=tasks_lib.loss_fn(task, model))
       train_lib.write_csv(csv_path, result.rows)
     runs[(name, alpha0)] = train_lib.read_csv(csv_path)
     row = report.Row(
@@ -214,6 +216,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "cost":
     return _cost_main(argv[1:])
+  if argv and argv[0] == "sweep":
+    from hypergrad_optax.bench import sweep  # pylint: disable=import-outside-toplevel
+    return sweep.main(argv[1:])
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
