@@ -307,9 +307,11 @@ def auto_rate(state, alpha0):
   except (ValueError, KeyError, TypeError, AttributeError):
     rate = None
   if rate is None:
-    for node in jax.tree.leaves(
-        state, is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState)):
-      if isinstance(node, optax.InjectHyperparamsState):
+    kinds = (optax.InjectHyperparamsState,
+             optax.InjectStatefulHyperparamsState)
+    for node in jax.tree.leaves(state,
+                                is_leaf=lambda x: isinstance(x, kinds)):
+      if isinstance(node, kinds):
         rate = node.hyperparams.get("learning_rate")
         break
   if rate is None:

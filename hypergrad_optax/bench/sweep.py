@@ -163,7 +163,9 @@ def run_task(task, dataset, method_names, alphas, seeds, *, epochs,
         dataset, model, lambda a, m=method: m.build(a, base),
         alphas=lanes_a, seeds=lanes_s, epochs=epochs, batch_size=batch_size,
         loss_fn=loss_fn, rate_fn=method.rate or methods_lib.auto_rate,
-        eval_params=method.eval_params, progress=progress, desc=desc)
+        eval_params=method.eval_params,
+        valid_loss_fn=tasks_lib.loss_fn(task, model, penalty=False),
+        progress=progress, desc=desc)
     runs[name] = MethodRuns(method, np.asarray(grid, np.float64),
                             np.asarray(seeds), result)
     best = np.nanmin(np.where(np.isfinite(result.final_train_loss),

@@ -42,7 +42,10 @@ def plot_sensitivity(path: str, title: str, runs, ylabel: str) -> None:
       style = dict(marker="o", markersize=4, linewidth=2.2 if name in (
           "base", "hypergradient") else 1.3)
       if name == "base":
-        style.update(color="black")
+        style.update(color="black", zorder=4)
+      elif name == "hypergradient":
+        # On top, dashed: it often coincides with adam_hd_mult.
+        style.update(color="C0", marker="s", linestyle="--", zorder=5)
       line = ax.errorbar(r.alphas, mean, yerr=std if std.size else None,
                          capsize=2, label=name, **style)
       del line

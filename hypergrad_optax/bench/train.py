@@ -42,6 +42,8 @@ class RunResult(NamedTuple):
   seconds: float
   diverged: bool
   rows: list
+  state: Any = None
+  params: Any = None
 
 
 def _chunk_fn(loss_fn, tx, rate_fn, alpha0):
@@ -148,7 +150,8 @@ def train(dataset: data_lib.Dataset, model: models_lib.Model,
     if diverged:
       break
   bar.close()
-  return RunResult(loss_epoch, valid_loss, alpha, elapsed, diverged, rows)
+  return RunResult(loss_epoch, valid_loss, alpha, elapsed, diverged, rows,
+                   state, params)
 
 
 def epoch_batches(rng: np.random.Generator, n: int, batch_size: int
@@ -180,8 +183,8 @@ class ManyResult(NamedTuple):
 
 def train_many(dataset: data_lib.Dataset, model: models_lib.Model, build,
                *, alphas, seeds, epochs: int, batch_size: int, loss_fn=None,
-               rate_fn=None, eval_params=None, progress: bool = True,
-               desc: str = "") -> ManyResult:
+               rate_fn=None, eval_params=None, valid_loss_fn=None,
+               progress: bool = True, desc: str = "") -> ManyResult:
   """Trains ``R = len(alphas)`` runs at once: :func:`scan_steps` under
   ``jax.vmap`` over the initial learning rate and the seed.
 
@@ -204,6 +207,7 @@ def train_many(dataset: data_lib.Dataset, model: models_lib.Model, build,
     rate_fn: ``(state, alpha0) -> scalar`` the rate of the last step; NaN
       when None.
     eval_params: ``(state, params) -> params`` for the validation loss.
+    valid_loss_fn: the validation loss (default: ``loss_fn``).
     progress: show a progress bar.
     desc: the progress bar's label.
 
@@ -213,6 +217,7 @@ def train_many(dataset: data_lib.Dataset, model: models_lib.Model, build,
   loss_fn = loss_fn or models_lib.cross_entropy(model)
   rate_fn = rate_fn or (lambda state, alpha0: jnp.float32(jnp.nan))
   eval_params = eval_params or (lambda state, params: params)
+  valid_loss_fn = valid_loss_fn or loss_fn
   alphas = np.asarray(alphas, np.float32)
   seeds = np.asarray(seeds, np.int64)
   if alphas.shape != seeds.shape or alphas.ndim != 1 or not len(alphas):
@@ -242,7 +247,7 @@ def train_many(dataset: data_lib.Dataset, model: models_lib.Model, build,
     for start in range(0, len(x_test), EVAL_BATCH):
       xb, yb = x_test[start:start + EVAL_BATCH], y_test[start:start +
                                                          EVAL_BATCH]
-      total = total + loss_fn(params, xb, yb) * xb.shape[0]
+      total = total + valid_loss_fn(params, xb, yb) * xb.shape[0]
     return total / len(x_test)
 
   tic = time.perf_counter()
