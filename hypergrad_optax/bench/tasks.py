@@ -147,9 +147,14 @@ def base_optimizer(task: Task, total_steps: int
   if task.base == "adamw-cosine":
     warmup = max(1, total_steps // 20)
 
+    # The shape at peak 1, scaled: optax's schedule branches on the peak's
+    # value, which is traced in the sweep.
+    shape = optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, warmup, max(total_steps, warmup + 1), end_value=0.1)
+
     def build(lr):
-      schedule = optax.warmup_cosine_decay_schedule(
-          0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.1 * lr)
+      def schedule(count):
+        return lr * shape(count)
       return optax.inject_hyperparams(optax.adamw)(
           learning_rate=schedule, weight_decay=task.weight_decay)
     return build
