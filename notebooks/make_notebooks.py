@@ -56,7 +56,7 @@ SETUP = code('''
                 "clone of the repository: set HGO_REPO_URL to the repository's URL "
                 "(see the comment above) or `pip install` the package.")
     _missing = [m for m, pkg in (("flax", "flax"), ("sklearn", "scikit-learn"),
-                                 ("matplotlib", "matplotlib"))
+                                 ("matplotlib", "matplotlib"), ("tqdm", "tqdm"))
                 if importlib.util.find_spec(m) is None]
     if _missing:
         _pip_install(*[{"sklearn": "scikit-learn"}.get(m, m) for m in _missing])
@@ -103,7 +103,7 @@ QUICKSTART = [
         from flax import nnx
 
         import hypergrad_optax as hgo
-        from hypergrad_optax.demo import load_digits_split
+        from hypergrad_optax.bench.demo import load_digits_split
 
         (x_train, y_train), (x_valid, y_valid) = load_digits_split(seed=0)
         print("train", x_train.shape, "validation", x_valid.shape)
@@ -314,7 +314,7 @@ PAPER = [
         import optax
 
         import hypergrad_optax as hgo
-        from hypergrad_optax.demo import init_mlp, load_digits_split, mlp_loss
+        from hypergrad_optax.bench.demo import init_mlp, load_digits_split, mlp_loss
 
         (x_train, y_train), (x_valid, y_valid) = load_digits_split(seed=0)
         mean, std = x_train.mean(), x_train.std()      # the paper normalises its inputs
@@ -621,7 +621,7 @@ BEYOND = [
         import optax
 
         import hypergrad_optax as hgo
-        from hypergrad_optax.demo import init_mlp, load_digits_split, mlp_loss
+        from hypergrad_optax.bench.demo import init_mlp, load_digits_split, mlp_loss
 
         (x_train, y_train), (x_valid, y_valid) = load_digits_split(seed=0)
         X, Y = jnp.asarray(x_train), jnp.asarray(y_train)

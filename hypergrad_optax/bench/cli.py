@@ -8,11 +8,16 @@ Examples::
   hypergrad-bench --task logreg-mnist --data-dir DIR --alpha0 grid \\
       --methods all --out results/robustness        # α0 in 1e-1 ... 1e-6
   hypergrad-bench cost --help                       # per-step cost, state bytes
+  hypergrad-bench sweep --seeds 1 --out results/sweep  # regret over an α0 grid
+  hypergrad-bench demo                              # Adam vs the wrapper, 1 min
+  hypergrad-bench hyper-lr                          # docs/choosing_hyper_lr.md
+  hypergrad-bench stacking --help                   # docs/beyond.md (MNIST)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -26,6 +31,9 @@ from hypergrad_optax.bench import tasks as tasks_lib
 from hypergrad_optax.bench import train as train_lib
 
 ALPHA_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# Subcommand -> module of hypergrad_optax.bench with main(argv) -> int.
+SUBCOMMANDS = {"sweep": "sweep", "demo": "demo", "hyper-lr": "hyper_lr",
+               "stacking": "stacking"}
 
 
 def _number(text: str, what: str, *, positive: bool) -> float:
@@ -158,9 +166,10 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
       result = train_lib.train(
           dataset, model, method,
           alpha0=1e-3 if alpha0 is None else alpha0, beta=beta,
-          epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-          weight_decay=args.weight_decay, progress=not args.no_progress,
-          desc=desc)
+          epochs=epochs, batch_size=task.batch_size or args.batch_size,
+          seed=args.seed, weight_decay=args.weight_decay,
+          progress=not args.no_progress, desc=desc,
+          loss_fn=tasks_lib.loss_fn(task, model))
       train_lib.write_csv(csv_path, result.rows)
     runs[(name, alpha0)] = train_lib.read_csv(csv_path)
     row = report.Row(
@@ -214,6 +223,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "cost":
     return _cost_main(argv[1:])
+  if argv and argv[0] in SUBCOMMANDS:
+    module = importlib.import_module(
+        f"hypergrad_optax.bench.{SUBCOMMANDS[argv[0]]}")
+    result = module.main(argv[1:])
+    return result if isinstance(result, int) else 0
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
