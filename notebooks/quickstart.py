@@ -189,8 +189,8 @@ plt.tight_layout(); plt.show()
 # (`hypergradient(optax.sgd(0.1))` on the Rosenbrock function) and acts only when the new
 # gradient's component along the last step exceeds three times the old gradient's norm;
 # minibatch noise on a plateau sometimes does that, which costs the guarded run a little
-# here. In minibatch training from a small rate, `overshoot_guard=False` or a `min_rate`
-# keeps the rate higher.
+# here. In minibatch training from a small rate, `overshoot_guard=False` or a `min_scale`
+# (a floor on the factor, so on the rate relative to `BAD_LR`) keeps the rate higher.
 #
 # ## Reading the rate for logging
 #
