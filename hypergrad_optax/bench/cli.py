@@ -182,7 +182,8 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
     rows.append(row)
     on_row(rows)
     print(f"{desc}: final train loss {row.loss_epoch:.4g}, valid "
-          f"{row.valid_loss:.4g}, α {row.alpha:.3g}, {row.seconds:.1f}s",
+          f"{row.valid_loss:.4g}, α {report.format_rate(row.alpha)}, "
+          f"{row.seconds:.1f}s",
           flush=True)
   _plot_task(task, runs, rows, args.alpha0, out_dir, epochs)
   return rows
