@@ -106,3 +106,78 @@ def test_final_lines_show_a_dash_for_methods_without_a_rate(tmp_path, capsys):
   assert "α -," in dog and "nan" not in dog
   sgd = next(line for line in out.splitlines() if " sgd a0.001:" in line)
   assert "α 0.001," in sgd
+
+
+def _fake_runs(epochs=2, steps=5):
+  """Per-iteration columns as train.read_csv returns them."""
+  import numpy as np
+  runs = {}
+  for k, (method, alpha0) in enumerate([
+      ("sgd", 1e-3), ("sgd_hd", 1e-3), ("adam", 1e-3), ("hypergradient", 1e-3),
+      ("dog", None), ("prodigy", None)]):
+    n = epochs * steps
+    it = np.arange(1, n + 1, dtype=float)
+    loss_epoch = np.full(n, np.nan)
+    loss_epoch[steps - 1::steps] = 2.0 / (1 + k) / np.arange(1, epochs + 1)
+    alpha = (np.full(n, np.nan) if method == "dog"
+             else 1e-3 * (1 + 0.1 * it))
+    runs[(method, alpha0)] = {
+        "epoch": np.repeat(np.arange(1, epochs + 1, dtype=float), steps),
+        "iteration": it, "time": it, "loss": np.exp(-it / n),
+        "loss_epoch": loss_epoch, "valid_loss_epoch": loss_epoch * 1.1,
+        "alpha": alpha}
+  return runs
+
+
+def _legend_texts(ax):
+  legend = ax.get_legend()
+  return [] if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def test_run_set_figure_groups_by_family_and_labels_what_it_draws():
+  from hypergrad_optax.bench import plots
+  fig = plots.run_set_figure("t", _fake_runs())
+  axes = fig.axes
+  titles = [ax.get_title() for ax in axes if ax.get_title()]
+  assert titles == ["SGD", "Adam", "learning-rate-free peers"]
+  for ax in axes:
+    drawn = {line.get_label() for line in ax.get_lines()}
+    # A legend entry for every drawn method and nothing else.
+    assert set(_legend_texts(ax)) <= drawn, (_legend_texts(ax), drawn)
+    if ax.get_xlabel() == "epoch":
+      ticks = [t for t in ax.get_xticks()
+               if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+      assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert ax.get_xlabel()
+  # Rows have y labels in the first column.
+  assert {axes[0].get_ylabel(), axes[3].get_ylabel(), axes[6].get_ylabel()} \
+      == {"training loss (epoch mean)", "validation loss",
+          "learning rate α (per step)"}
+  # Adam panel: adam solid, the wrapper dashed, in one hue family;
+  # dog (no rate) is not in the rate panel's legend.
+  adam_lines = {l.get_label(): l for l in axes[1].get_lines()}
+  assert adam_lines["adam"].get_linestyle() == "-"
+  assert adam_lines["hypergradient"].get_linestyle() != "-"
+  assert "dog" not in _legend_texts(axes[8])
+  assert "prodigy" in _legend_texts(axes[8])
+  # Peers are grey everywhere.
+  import matplotlib.colors as mcolors
+  for line in axes[2].get_lines():
+    r, g, b, _ = mcolors.to_rgba(line.get_color())
+    assert r == g == b
+  import matplotlib.pyplot as plt
+  plt.close(fig)
+
+
+def test_plots_are_written_at_150_dpi(tmp_path):
+  from PIL import Image
+  from hypergrad_optax.bench import plots
+  path = tmp_path / "run.png"
+  plots.plot_run_set(str(path), "t", _fake_runs())
+  final = {("sgd", 1e-2): 1.0, ("sgd", 1e-3): 2.0, ("sgd_hd", 1e-2): 0.5,
+           ("sgd_hd", 1e-3): math.nan, ("dog", None): 0.7}
+  robust = tmp_path / "robust.png"
+  plots.plot_robustness(str(robust), "t", {}, final)
+  for p in (path, robust):
+    dpi = Image.open(p).info["dpi"]
+    assert min(dpi) >= 149.9, dpi
