@@ -110,7 +110,20 @@ def test_gradient_structure_mismatch_names_both(make_tx):
   tx = make_tx()
   state = tx.init(_PARAMS)
   wrong = {"w": jnp.ones((2, 3)), "bias": jnp.zeros(3)}
-  with pytest.raises(ValueError, match=r"(?s)tree structure.*'bias'.*'b'"):
+  with pytest.raises(ValueError, match=r"(?s)tree structure.*'bias'.*'b'"
+                     ) as info:
+    tx.update(wrong, state, wrong)
+  # Not every variant keeps a previous direction (adam_hd recomputes it).
+  assert "previous direction" not in str(info.value)
+
+
+@pytest.mark.parametrize("make_tx", _ALL)
+def test_gradient_shape_mismatch_names_the_leaf_and_both_shapes(make_tx):
+  tx = make_tx()
+  state = tx.init(_PARAMS)
+  wrong = {"w": jnp.ones((3, 2)), "b": jnp.zeros(3)}
+  with pytest.raises(ValueError, match=r"\['w'\] has shape \(3, 2\).*"
+                     r"with shape \(2, 3\)"):
     tx.update(wrong, state, wrong)
 
 

@@ -36,27 +36,37 @@ SUBCOMMANDS = {"sweep": "sweep", "demo": "demo", "hyper-lr": "hyper_lr",
                "stacking": "stacking"}
 
 
-def _number(text: str, what: str, *, positive: bool) -> float:
+def _number(text: str, what: str, *, positive: bool, allowed: str = ""
+            ) -> float:
+  """A finite number (> 0 or >= 0). argparse names the argument in front of
+  the message ("argument --beta: ..."); ``what`` names it when called
+  elsewhere, and ``allowed`` says what the argument accepts."""
+  del what  # argparse's own prefix names the argument.
   try:
     value = float(text)
   except ValueError:
     raise argparse.ArgumentTypeError(
-        f"{what}: {text!r} is not a number") from None
+        f"{text!r} is not a number{allowed}") from None
   if not math.isfinite(value) or value < 0 or (positive and value == 0):
     raise argparse.ArgumentTypeError(
-        f"{what}: {text!r} must be a finite number "
-        f"{'> 0' if positive else '>= 0'}")
+        f"{text!r} must be a finite number "
+        f"{'> 0' if positive else '>= 0'}{allowed}")
   return value
+
+
+_ALPHA0_ALLOWED = ("; give a number > 0 (e.g. 1e-3), a comma-separated list "
+                   "(e.g. 1e-2,1e-3) or 'grid' (1e-1,1e-2,...,1e-6)")
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
   """``'1e-3'``, ``'1e-2,1e-3'`` or ``'grid'`` (1e-1 ... 1e-6)."""
   if text.strip() == "grid":
     return ALPHA_GRID
-  values = [_number(t.strip(), "--alpha0", positive=True)
+  values = [_number(t.strip(), "--alpha0", positive=True,
+                    allowed=_ALPHA0_ALLOWED)
             for t in text.split(",") if t.strip()]
   if not values:
-    raise argparse.ArgumentTypeError("--alpha0: no value given")
+    raise argparse.ArgumentTypeError("no value given" + _ALPHA0_ALLOWED)
   return tuple(dict.fromkeys(values))
 
 
@@ -66,9 +76,10 @@ def _positive_int(what):
       value = int(text)
     except ValueError:
       raise argparse.ArgumentTypeError(
-          f"{what}: {text!r} is not an integer") from None
+          f"{text!r} is not an integer (give a whole number >= 1)"
+      ) from None
     if value < 1:
-      raise argparse.ArgumentTypeError(f"{what}: {text!r} must be >= 1")
+      raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
   return parse
 
@@ -180,7 +191,8 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
     rows.append(row)
     on_row(rows)
     print(f"{desc}: final train loss {row.loss_epoch:.4g}, valid "
-          f"{row.valid_loss:.4g}, α {row.alpha:.3g}, {row.seconds:.1f}s",
+          f"{row.valid_loss:.4g}, α {report.format_rate(row.alpha)}, "
+          f"{row.seconds:.1f}s",
           flush=True)
   _plot_task(task, runs, rows, args.alpha0, out_dir, epochs)
   return rows

@@ -13,7 +13,7 @@ four orders of magnitude, for
   itself adapts, by the wrapper's scale-free multiplicative rule (0.1);
 * ``L3``: as L2, with the wrapper's 0.1 adapted by a third level,
   ``hypergradient(optax.sgd(β), hyper_optimizer=hypergradient(optax.sgd(0.1)))``;
-* ``L3-capped``: L3 with ``max_rate=10`` on the third level, so that level
+* ``L3-capped``: L3 with ``max_scale=10`` on the third level, so that level
   2's multiplicative rate ``0.1 s_3`` stays <= 1;
 * ``L2-noguard``, ``L3-noguard``: L2 and L3 with ``overshoot_guard=False``
   in the wrappers;

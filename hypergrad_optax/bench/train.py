@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from hypergrad_optax.bench import data as data_lib
 from hypergrad_optax.bench import methods as methods_lib
 from hypergrad_optax.bench import models as models_lib
+from hypergrad_optax.bench import report
 
 # Columns of the per-iteration CSV, after the reference runs' Epoch,
 # Iteration, Time, Loss, LossEpoch, ValidLossEpoch, Alpha.
@@ -138,7 +139,7 @@ def train(dataset: data_lib.Dataset, model: models_lib.Model,
       epoch_losses.extend(losses.tolist())
       alpha = float(rates[-1])
       bar.update(len(chunk))
-      bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{alpha:.3g}")
+      bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=report.format_rate(alpha))
       if not np.all(np.isfinite(losses)):
         diverged = True
         break
