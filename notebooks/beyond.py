@@ -165,8 +165,9 @@ print("Section 1 claims hold.")
 # state nests: `state.learning_rate` is `α_t`, `state.hyper_state.learning_rate` is `β_t`.
 # From the paper's `β0 = 1e-3`, the second level raises `β`, the rate climbs faster and the
 # loss drops hundreds of steps earlier (full-size run). With `γ = 1e-2`, `β` later turns
-# noisy and often sits at its lower bound 0 (the rate then pauses): the second level has its
-# own step size to respect, but a wrong `γ` costs less than a wrong `β`.
+# noisy and sits at its lower bound 0 on some steps (about 5 % of them in the full-size run;
+# the rate then pauses): the second level has its own step size to respect, but a wrong `γ`
+# costs less than a wrong `β`.
 #
 # The second level here uses the paper's additive rule. At an upper level the rate is one
 # scalar, so the multiplicative rule's cosine is always ±1 and it moves by ±`β` every step;
@@ -195,8 +196,8 @@ axes[0].legend(fontsize=8); plt.tight_layout(); plt.show()
 
 # %% [markdown]
 # Checked: the second level raises `β` above `β0`, and the rate after 150 steps is higher with
-# the stack than without it; at full size, with `γ = 1e-2`, `β` sits at its bound 0 on a
-# noticeable share of the steps.
+# the stack than without it; at full size, with `γ = 1e-2`, `β` sits at its bound 0 on some
+# steps (between 1 % and 20 % of them).
 
 # %%
 plain_alpha = stacks["sgd_hd(1e-3, hyper_lr=1e-3)"][1]["alpha"]
@@ -207,7 +208,7 @@ for gamma in (1e-3, 1e-2):
 if not SMALL:
     at_zero = np.mean(stacks["stack: beta0=1e-3, gamma=0.01"][1]["beta"] == 0)
     print(f"gamma=1e-2: beta at 0 on {at_zero:.0%} of the steps")
-    assert at_zero > 0.05
+    assert 0.01 < at_zero < 0.2, at_zero
 print("Section 2 claims hold.")
 
 # %% [markdown]

@@ -66,12 +66,20 @@ def test_summary_merges_identical_rows_and_says_why():
   table = text.split("## Runs")[1].split("## HD vs base")[0]
   assert "| adam_hd_mult = hypergradient | 0.001 | 0.1 |" in table
   assert "| hypergradient |" not in table
-  assert "Merged rows:" in table and "same multiplicative rule" in table
+  assert "Identical results:" in table and "same multiplicative rule" in table
   # Different numbers are not merged.
   rows = _one_alpha_rows()
   rows[4] = rows[4]._replace(valid_loss=0.21)
   table = report.summary_text(rows).split("## Runs")[1]
-  assert "| hypergradient | 0.001 | 0.1 |" in table and "Merged" not in table
+  assert "| hypergradient | 0.001 | 0.1 |" in table
+  assert "Identical results" not in table
+  # Different computations that print the same numbers stay two rows.
+  rows = _one_alpha_rows()
+  rows[0] = rows[0]._replace(loss_epoch=0.5)  # sgd now equals sgd_hd...
+  rows[1] = rows[1]._replace(beta=None)       # ...β included
+  table = report.summary_text(rows).split("## Runs")[1]
+  assert "| sgd | 0.001 |" in table and "| sgd_hd | 0.001 |" in table
+  assert "sgd and sgd_hd (α0 = 0.001): different methods" in table
 
 
 def test_beta_column_shows_the_wrappers_default():

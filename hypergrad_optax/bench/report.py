@@ -87,24 +87,35 @@ def _same_key(row: Row):
 
 
 def merge_identical(rows: Iterable[Row]) -> tuple[list[Row], list[str]]:
-  """Rows whose results are identical (same task, α0, β, final losses and
-  rate) become one row named "a = b"; returns the rows and a note per merge."""
-  merged, notes, index = [], [], {}
+  """Rows of two methods known to run the same computation
+  (``SAME_COMPUTATION``) whose results are identical (same task, α0, β, final
+  losses and rate) become one row named "a = b". Returns the rows and one
+  note per merged pair and task, saying why; other methods that happen to
+  print the same numbers are kept apart, with a note that they differ."""
+  merged, index = [], {}
+  reasons = {}  # (task, names) -> (why, [α0, ...])
   for row in rows:
     key = _same_key(row)
-    if key is not None and key in index:
-      i = index[key]
-      first = merged[i]
-      merged[i] = first._replace(method=f"{first.method} = {row.method}")
-      names = tuple(sorted(merged[i].method.split(" = ")))
-      why = SAME_COMPUTATION.get(names, "the same final losses and rate to "
-                                 "the last digit")
-      notes.append(f"{row.task}, α0={_num(row.alpha0)}: "
-                   f"{merged[i].method} printed identical results: {why}.")
+    first = merged[index[key]] if key in index else None
+    names = (tuple(sorted(first.method.split(" = ") + [row.method]))
+             if first is not None else ())
+    if first is not None and names in SAME_COMPUTATION:
+      merged[index[key]] = first._replace(method=" = ".join(names))
+      why, label = SAME_COMPUTATION[names], " = ".join(names)
     else:
-      if key is not None:
+      if first is not None:
+        why = ("different methods whose results agree to the digits "
+               "printed; kept as two rows")
+        label = " and ".join(names)
+      if key is not None and first is None:
         index[key] = len(merged)
       merged.append(row)
+      if first is None:
+        continue
+    reasons.setdefault((row.task, label), (why, []))[1].append(
+        _num(row.alpha0))
+  notes = [f"{task}: {names} (α0 = {', '.join(alphas)}): {why}."
+           for (task, names), (why, alphas) in reasons.items()]
   return merged, notes
 
 
@@ -282,7 +293,7 @@ def summary_text(rows: list[Row]) -> str:
   parts += ["", "## Runs (final-epoch mean training loss)", "",
             markdown_table(table_rows)]
   if notes:
-    parts += [""] + [f"Merged rows: {note}" for note in notes]
+    parts += ["", "Identical results:", ""] + [f"- {note}" for note in notes]
   pairs = pair_lines(rows)
   if pairs:
     parts += ["", "## HD vs base", ""] + [f"- {line}" for line in pairs]
