@@ -216,7 +216,9 @@ def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
 
 def compiled_cost(tx: optax.GradientTransformation, workload: Workload,
                   what: str = "full") -> dict[str, float]:
-  """XLA's cost analysis of one compiled step: 'bytes accessed' and 'flops'.
+  """XLA's cost analysis of one compiled step: 'bytes accessed', 'flops' and
+  'transcendentals' (square roots, exponentials: counted apart from flops,
+  each costs many).
 
   Deterministic (no timing): a step's memory traffic, the bound of an
   optimizer's elementwise passes, is read off the compiled program.
@@ -229,7 +231,7 @@ def compiled_cost(tx: optax.GradientTransformation, workload: Workload,
     analysis = analysis[0] if analysis else {}
   analysis = analysis or {}
   return {key: float(analysis.get(key, float("nan")))
-          for key in ("bytes accessed", "flops")}
+          for key in ("bytes accessed", "flops", "transcendentals")}
 
 
 def step_bytes_accessed(tx: optax.GradientTransformation, params: Any,
@@ -315,6 +317,13 @@ def step_overhead(
   return result
 
 
+def _ratio(value: float, base: float) -> float:
+  """``value / base``, 1 when both are 0 (none of that kind of work)."""
+  if base == 0:
+    return 1.0 if value == 0 else float("inf")
+  return value / base
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m hypergrad_optax.bench.cost",
@@ -368,12 +377,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{workload.batch[0].shape[0]}, {args.rounds} rounds x {args.steps} "
         f"steps, {jax.devices()[0].platform}")
   print("ratio: measured wall time / base's (median over rounds, [range]); "
-        "cpu: the same for the process's CPU time; floor B / F: XLA's compiled "
-        "bytes accessed / flops, over base's")
+        "cpu: the same for the process's CPU time; floor B / F / T: XLA's "
+        "compiled bytes accessed / flops / transcendentals, over base's")
   for what in whats:
     print(f"\n{'full step (grad + update + apply)' if what == 'full' else 'update + apply alone'}")
     print(f"{'optimizer':<34}{'ms/step':>9}{'ratio':>8}{'(range)':>16}"
-          f"{'cpu':>7}{'floor B':>9}{'floor F':>9}{'MiB/step':>10}"
+          f"{'cpu':>7}{'floor B':>9}{'floor F':>9}{'floor T':>9}"
+          f"{'MiB/step':>10}"
           f"{'state MiB':>10}{'B/param':>8}")
     for group in groups:
       timings = None
@@ -396,7 +406,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{t['cpu_ratio']:>7.3f}")
         floor_b = analysis["bytes accessed"] / base["bytes accessed"]
         floor_f = analysis["flops"] / base["flops"]
+        floor_t = _ratio(analysis["transcendentals"], base["transcendentals"])
         print(f"{name:<34}{measured}{floor_b:>9.3f}{floor_f:>9.3f}"
+              f"{floor_t:>9.3f}"
               f"{analysis['bytes accessed'] / 2**20:>10.1f}"
               f"{nbytes / 2**20:>10.2f}{nbytes / n_params:>8.2f}")
   return 0
