@@ -13,6 +13,8 @@ from hypergrad_optax._core import ScaleByHypergradientState
 from hypergrad_optax._hyperparams import AdaptHyperparamsState
 from hypergrad_optax._hyperparams import adapt_hyperparams
 from hypergrad_optax._hyperparams import default_reparametrization
+from hypergrad_optax import rules
+from hypergrad_optax._logging import diagnose
 from hypergrad_optax._logging import get_learning_rate
 from hypergrad_optax._wrapper import hypergradient
 
@@ -26,7 +28,9 @@ __all__ = (
     "adamw_hd",
     "adapt_hyperparams",
     "default_reparametrization",
+    "diagnose",
     "get_learning_rate",
     "hypergradient",
+    "rules",
     "sgd_hd",
 )

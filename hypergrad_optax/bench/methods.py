@@ -327,6 +327,13 @@ def _register_defaults():
   register("hypergradient", "hd", lambda a, base: hgo.hypergradient(base(a)),
            "hypergradient(base(α0)): the wrapper's untuned defaults, around "
            "the task's base (its schedule included)", groups=default)
+  for horizon in (1, 100, 300):
+    register(f"hypergradient_h{horizon}", "hd",
+             lambda a, base, horizon=horizon: hgo.hypergradient(
+                 base(a), horizon=horizon),
+             f"hypergradient(base(α0), horizon={horizon}): the discounted "
+             "tangent over about that many steps (1: the one-step rule)",
+             groups=("horizon",))
   register("adam_hd", "hd", lambda a, base: hgo.adam_hd(a, BETA_ADAM),
            f"adam_hd(α0, {BETA_ADAM:g}): the paper's additive Adam-HD",
            groups=default)
