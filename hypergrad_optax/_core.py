@@ -269,7 +269,8 @@ def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
   the history.
   """
   def ratio(old, new):
-    return jnp.where(new > 0, old / jnp.where(new > 0, new, 1), 0) * decay
+    return jnp.where(new > 0, jnp.minimum(old / jnp.where(new > 0, new, 1), 1),
+                     0) * decay
 
   factor = jax.tree.map(ratio, old_rate, new_rate)
   if correction is None:

@@ -327,7 +327,7 @@ def _register_defaults():
   register("hypergradient", "hd", lambda a, base: hgo.hypergradient(base(a)),
            "hypergradient(base(α0)): the wrapper's untuned defaults, around "
            "the task's base (its schedule included)", groups=default)
-  for horizon in (1, 100, 300):
+  for horizon in (1, 100, 300, 1000):
     register(f"hypergradient_h{horizon}", "hd",
              lambda a, base, horizon=horizon: hgo.hypergradient(
                  base(a), horizon=horizon),
