@@ -290,9 +290,13 @@ for model in MODELS:
 # As in the paper, the HD curves are flat on the small-`α0` side: from `α0 = 1e-3` down to
 # `1e-6`, SGDN-HD and Adam-HD end at about the same loss (within a factor 1.5 of each other),
 # where their base optimizers stall (at `α0 = 1e-6`, their loss is more than 1.4 times the HD
-# variant's). Every HD run ends finite, from every `α0`. With `β = 1e-4` and a few hundred
-# steps, SGD-HD on the MLP hardly moves its rate; the paper's runs have 50 epochs of 469 steps.
-# The next cell checks these claims.
+# variant's). Every HD run ends finite, from every `α0`. On the large-`α0` side the additive
+# rule helps less: at `α0 = 0.1` on the MLP, too large for Adam, Adam-HD ends higher than Adam
+# (0.73 against 0.34 at full size), since a step of `β h_t` cannot shrink a far-too-large rate
+# fast enough (the wrapper's overshoot guard exists for this case). At the small (CI) size,
+# with `β = 1e-4` and 88 steps, SGD-HD on the MLP hardly moves its rate; at full size (1100
+# steps) its curve is flat as well (0.064 to 0.078 from `α0 ≤ 1e-2`). The paper's runs have 50
+# epochs of 469 steps. The next cell checks these claims.
 
 # %%
 small_side = ALPHAS <= 1e-3
@@ -304,6 +308,10 @@ for model in MODELS:
         hd = final[model, base + "-HD"][small_side]
         assert hd.max() / hd.min() < 1.5, (model, base, hd)
         assert final[model, base][-1] > 1.4 * final[model, base + "-HD"][-1], (model, base)
+assert final["mlp", "Adam-HD"][0] > final["mlp", "Adam"][0]   # α0 = 0.1: no rescue
+if not SMALL:
+    sgd_hd = final["mlp", "SGD-HD"][ALPHAS <= 1e-2]
+    assert sgd_hd.max() / sgd_hd.min() < 1.5, sgd_hd
 print("Figure 2 claims hold.")
 
 # %% [markdown]

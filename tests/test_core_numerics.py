@@ -432,7 +432,7 @@ def test_additive_wrapper_equals_sgd_hd(x64, momentum):
   alias = hgo.sgd_hd(a0, beta, momentum=momentum, min_rate=None)
   wrapped = hgo.hypergradient(optax.sgd(a0, momentum=momentum),
                               rule="additive", hyper_lr=beta / a0 ** 2,
-                              min_rate=None, overshoot_guard=False)
+                              min_scale=None, overshoot_guard=False)
   p1, r1, _ = library_run(alias, steps=4)
   p2, r2, _ = library_run(wrapped, steps=4)
   for a, s in zip(r1, r2):
