@@ -13,10 +13,12 @@ from hypergrad_optax._core import ScaleByHypergradientState
 from hypergrad_optax._hyperparams import AdaptHyperparamsState
 from hypergrad_optax._hyperparams import adapt_hyperparams
 from hypergrad_optax._hyperparams import default_reparametrization
+from hypergrad_optax import rules
+from hypergrad_optax._logging import diagnose
 from hypergrad_optax._logging import get_learning_rate
 from hypergrad_optax._wrapper import hypergradient
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "AdaptHyperparamsState",
@@ -26,7 +28,9 @@ __all__ = (
     "adamw_hd",
     "adapt_hyperparams",
     "default_reparametrization",
+    "diagnose",
     "get_learning_rate",
     "hypergradient",
+    "rules",
     "sgd_hd",
 )

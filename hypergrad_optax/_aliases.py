@@ -189,11 +189,13 @@ def sgd_hd(
     >>> tx = hgo.sgd_hd(learning_rate=0.01, hyper_lr=0.01, momentum=0.9)
     >>> params = jnp.array([1.0, -2.0])
     >>> state = tx.init(params)
-    >>> for _ in range(3):
+    >>> for _ in range(2):
     ...   updates, state = tx.update(2 * params, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(optax.tree_utils.tree_get(state, "learning_rate") > 0.01)
-    True
+    >>> # d_0 = g_0 = (2, -4), θ_1 = θ_0 - 0.01 d_0, g_1 = (1.96, -3.92):
+    >>> # α_1 = α_0 + β g_1·d_0 = 0.01 + 0.01 * 19.6
+    >>> print(f'{optax.tree_utils.tree_get(state, "learning_rate"):.4f}')
+    0.2060
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
@@ -280,11 +282,14 @@ def adam_hd(
     >>> tx = hgo.adam_hd(learning_rate=0.01, hyper_lr=1e-3)
     >>> params = jnp.array([1.0, -2.0])
     >>> state = tx.init(params)
-    >>> for _ in range(3):
+    >>> for _ in range(2):
     ...   updates, state = tx.update(2 * params, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(optax.tree_utils.tree_get(state, "learning_rate") > 0.01)
-    True
+    >>> # Adam's first direction is d_0 = sign(g_0) = (1, -1), so
+    >>> # g_1 = 2 (θ_0 - 0.01 d_0) = (1.98, -3.98) and
+    >>> # α_1 = α_0 + β g_1·d_0 = 0.01 + 0.001 * 5.96
+    >>> print(f'{optax.tree_utils.tree_get(state, "learning_rate"):.5f}')
+    0.01596
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent

@@ -269,15 +269,19 @@ def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
   the history.
   """
   def ratio(old, new):
-    return jnp.where(new > 0, old / jnp.where(new > 0, new, 1), 0) * decay
+    return jnp.where(new > 0, jnp.minimum(old / jnp.where(new > 0, new, 1), 1),
+                     0) * decay
 
   factor = jax.tree.map(ratio, old_rate, new_rate)
   if correction is None:
     correction = jax.tree.map(jnp.zeros_like, tangent)
 
   def leaf(f, z, c, d):
-    return (f * (z.astype(f.dtype) + c.astype(f.dtype))
-            + d.astype(f.dtype)).astype(d.dtype)
+    # A non-finite history (a NaN gradient once) would stay in a discounted
+    # sum for good: drop it instead, as a zero rate does.
+    history = z.astype(f.dtype) + c.astype(f.dtype)
+    history = jnp.where(jnp.isfinite(history), history, 0)
+    return (f * history + d.astype(f.dtype)).astype(d.dtype)
   if granularity == "global":
     return jax.tree.map(lambda z, c, d: leaf(factor, z, c, d), tangent,
                         correction, new_direction)
@@ -308,6 +312,9 @@ def _curvature_step(direction, updates, inner_state, params, tangent,
   (new_direction, new_state), (jhz, _) = jax.jvp(
       lambda g: direction.update(g, inner_state, params, **extra_args),
       (updates,), (hz,))
+  # Where the direction is not differentiable (Adam's sqrt at v = 0, a dead
+  # unit's zero gradient) its derivative is NaN: no curvature term there.
+  jhz = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0), jhz)
   correction = scale_by_rate(rate, jhz, sign=sign, granularity=granularity,
                              like=jhz)
   return new_direction, new_state, correction

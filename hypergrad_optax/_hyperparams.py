@@ -167,6 +167,7 @@ def adapt_hyperparams(
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
     reparametrization: Optional[Mapping[str, str]] = None,
     tangent_dtype: Optional[Any] = None,
+    axis_name: _tree.AxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adapts hyperparameters of an Optax optimizer online by hypergradients.
 
@@ -217,6 +218,12 @@ def adapt_hyperparams(
     reparametrization: overrides by name: ``'logit'``, ``'log'`` or
       ``'identity'``.
     tangent_dtype: dtype of the stored tangents (None: the updates' own).
+    axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
+      this mapped axis (a name or a tuple of names), sums the hypergradients'
+      dot products over it with ``lax.psum``, so that every device takes the
+      same step on :math:`\phi`. None (default) for whole leaves on each
+      device (replicated data parallelism, or ``jax.jit`` with sharded
+      arrays). The inner optimizer's own reductions are its own business.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
@@ -231,11 +238,13 @@ def adapt_hyperparams(
     ...                                             momentum=0.5))
     >>> params = jnp.array([1.0, -2.0])
     >>> state = tx.init(params)
-    >>> for _ in range(5):
+    >>> for _ in range(3):
     ...   updates, state = tx.update(2 * params, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(state.inner_state.hyperparams["momentum"] > 0.5)
-    True
+    >>> # u_1 does not depend on μ; ∂u_2/∂φ = -0.05 μ(1-μ) g_1 with
+    >>> # g_1 = (2, -4), g_3 = (1.52, -3.04): h_3 = -0.19, φ = 0.019, μ = σ(φ)
+    >>> print(f'{state.inner_state.hyperparams["momentum"]:.5f}')
+    0.50475
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
@@ -244,38 +253,11 @@ def adapt_hyperparams(
     <https://arxiv.org/abs/1909.13371>`_, NeurIPS 2022 (hypergradients for
     Adam's :math:`\beta_1, \beta_2`, stacking).
   """
-  names = (names,) if isinstance(names, str) else tuple(names)
-  if not names or len(set(names)) != len(names):
-    raise ValueError(f"names must be distinct and non-empty; got {names!r}.")
-  if not isinstance(inner, optax.GradientTransformation):
-    if not callable(inner):
-      raise TypeError(
-          "inner must be an inject_hyperparams optimizer or a factory such as "
-          f"optax.adam; got {type(inner).__name__}.")
-    inner = optax.inject_hyperparams(inner)(**dict(hyperparams or {}))
-  elif hyperparams:
-    raise ValueError("hyperparams is for a factory inner (e.g. optax.adam); "
-                     "this optimizer is already built.")
-  kinds = {n: default_reparametrization(n) for n in names}
-  kinds.update(reparametrization or {})
-  for name, kind in kinds.items():
-    if name not in names:
-      raise ValueError(f"reparametrization names {name!r}, not adapted.")
-    _validation.check_choice(f"reparametrization[{name!r}]", kind,
-                             REPARAMETRIZATIONS)
-  if hyper_optimizer is None:
-    rates = hyper_lr if isinstance(hyper_lr, Mapping) else {
-        n: hyper_lr for n in names}
-    if set(rates) != set(names):
-      raise ValueError(f"hyper_lr must name exactly {names}; got {rates}.")
-    for name, rate in rates.items():
-      _validation.check_non_negative(f"hyper_lr[{name!r}]", rate)
-    # Plain SGD, each name with its own β.
-    hyper_optimizer = optax.stateless(
-        lambda h, _: {n: -jnp.asarray(rates[n], h[n].dtype) * h[n] for n in h})
-  elif not isinstance(hyper_optimizer, optax.GradientTransformation):
-    raise TypeError("hyper_optimizer must be None or an optax."
-                    f"GradientTransformation; got {type(hyper_optimizer)}.")
+  names = _check_names(names)
+  inner = _built(inner, hyperparams)
+  kinds = _reparametrizations(names, reparametrization)
+  hyper_optimizer = _hyper_optimizer(names, hyper_lr, hyper_optimizer)
+  _validation.check_axis_name(axis_name)
 
   def init_fn(params):
     inner_state = inner.init(params)
@@ -291,47 +273,115 @@ def adapt_hyperparams(
   def update_fn(updates, state, params=None, **extra_args):
     count, phi, inner_state, tangents, hyper_state = state
     _validation.check_same_structure(updates, tangents[names[0]], "tangents")
-    phi, hyper_state = _hyper_step(phi, hyper_state, updates, tangents)
-
-    def update_with(phi):
-      values = dict(inner_state.hyperparams)
-      for n in names:
-        values[n] = _to_value(kinds[n], phi[n]).astype(values[n].dtype)
-      new_updates, new_state = inner.update(
-          updates, inner_state._replace(hyperparams=values), params,
-          **extra_args)
-      return new_updates, new_state
-
-    def jvp(direction):
-      return jax.jvp(update_with, (phi,), (direction,), has_aux=True)
-
-    # One forward-mode pass: the update once, a tangent per name (vmapped).
-    basis = {n: jnp.eye(len(names), dtype=phi[n].dtype)[i]
-             for i, n in enumerate(names)}
-    new_updates, du, inner_state = jax.vmap(
-        jvp, out_axes=(None, 0, None))(basis)
-    # A finite update entry with a non-finite tangent is forward mode's
-    # 0 * inf: Adam's sqrt(v̂) at v̂ = 0, for a coordinate whose gradient has
-    # always been 0 (a constant input feature, a dead unit), where u = 0 for
-    # every λ and the derivative is 0. Left as NaN it would make h_t NaN at
-    # every step, so b2 (and anything adapted with it) would never move.
-    du = jax.tree.map(
-        lambda d, u: jnp.where(jnp.isfinite(d) | ~jnp.isfinite(u), d,
-                               jnp.zeros_like(d)), du, new_updates)
-    tangents = {n: optax.tree.cast_like(jax.tree.map(lambda d: d[i], du),  # pylint: disable=cell-var-from-loop
-                                        tangents[n])
-                for i, n in enumerate(names)}
-    return new_updates, AdaptHyperparamsState(
-        optax.safe_increment(count), phi, inner_state, tangents, hyper_state)
-
-  def _hyper_step(phi, hyper_state, grads, tangents):
-    """``φ_t`` from ``h_t = g_t · ∂u_{t-1}/∂φ``; skipped when not finite."""
-    dtype = phi[names[0]].dtype
-    h = {n: _tree.reduce_product(jnp.multiply, grads, tangents[n], "global", dtype)
-         for n in names}
+    h = _hypergradients(updates, tangents, phi[names[0]].dtype, axis_name)
     new_phi, hyper_state = _core.hyper_step(hyper_optimizer, hyper_state,
                                             phi, h)
     # Clipping the kept (already valid) φ changes nothing.
-    return {n: _clip(kinds[n], new_phi[n]) for n in names}, hyper_state
+    phi = {n: _clip(kinds[n], new_phi[n]) for n in names}
+    new_updates, du, inner_state = _update_and_tangents(
+        inner, kinds, phi, updates, inner_state, params, extra_args)
+    tangents = {n: optax.tree.cast_like(du[n], tangents[n]) for n in names}
+    return new_updates, AdaptHyperparamsState(
+        optax.safe_increment(count), phi, inner_state, tangents, hyper_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_names(names) -> tuple[str, ...]:
+  names = (names,) if isinstance(names, str) else tuple(names)
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f"names must be distinct and non-empty; got {names!r}.")
+  return names
+
+
+def _built(inner, hyperparams) -> optax.GradientTransformation:
+  """``inner`` itself, or the factory ``inner`` built with ``hyperparams``."""
+  if not isinstance(inner, optax.GradientTransformation):
+    if not callable(inner):
+      raise TypeError(
+          "inner must be an inject_hyperparams optimizer or a factory such as "
+          f"optax.adam; got {type(inner).__name__}.")
+    return optax.inject_hyperparams(inner)(**dict(hyperparams or {}))
+  if hyperparams:
+    raise ValueError("hyperparams is for a factory inner (e.g. optax.adam); "
+                     "this optimizer is already built.")
+  return inner
+
+
+def _reparametrizations(names, overrides) -> dict[str, str]:
+  """Each name's coordinates: the default, or the user's override."""
+  kinds = {n: default_reparametrization(n) for n in names}
+  kinds.update(overrides or {})
+  for name, kind in kinds.items():
+    if name not in names:
+      raise ValueError(f"reparametrization names {name!r}, not adapted.")
+    _validation.check_choice(f"reparametrization[{name!r}]", kind,
+                             REPARAMETRIZATIONS)
+  return kinds
+
+
+def _hyper_optimizer(names, hyper_lr, hyper_optimizer
+                     ) -> optax.GradientTransformation:
+  """The step on φ: the user's transform, or plain SGD with a β per name."""
+  if hyper_optimizer is not None:
+    if not isinstance(hyper_optimizer, optax.GradientTransformation):
+      raise TypeError("hyper_optimizer must be None or an optax."
+                      f"GradientTransformation; got {type(hyper_optimizer)}.")
+    return hyper_optimizer
+  rates = hyper_lr if isinstance(hyper_lr, Mapping) else {
+      n: hyper_lr for n in names}
+  if set(rates) != set(names):
+    raise ValueError(f"hyper_lr must name exactly {names}; got {rates}.")
+  for name, rate in rates.items():
+    _validation.check_non_negative(f"hyper_lr[{name!r}]", rate)
+  return optax.stateless(
+      lambda h, _: {n: -jnp.asarray(rates[n], h[n].dtype) * h[n] for n in h})
+
+
+def _hypergradients(grads, tangents, dtype, axis_name) -> dict[str, Any]:
+  """``h_t = g_t · ∂u_{t-1}/∂φ`` for each name, summed over ``axis_name``."""
+  return {n: _tree.reduce_product(jnp.multiply, grads, tangent, "global",
+                                  dtype, axis_name)
+          for n, tangent in tangents.items()}
+
+
+def _update_and_tangents(inner, kinds, phi, updates, inner_state, params,
+                         extra_args):
+  """The inner update at ``λ(φ)`` and its tangents ``∂u/∂φ``, one per name.
+
+  One forward-mode pass: the update once, the tangents batched by
+  ``jax.vmap`` over the basis vectors of ``φ``.
+  """
+  names = tuple(phi)
+
+  def update_with(phi):
+    values = dict(inner_state.hyperparams)
+    for n in names:
+      values[n] = _to_value(kinds[n], phi[n]).astype(values[n].dtype)
+    return inner.update(updates, inner_state._replace(hyperparams=values),
+                        params, **extra_args)
+
+  def jvp(direction):
+    return jax.jvp(update_with, (phi,), (direction,), has_aux=True)
+
+  basis = {n: jnp.eye(len(names), dtype=phi[n].dtype)[i]
+           for i, n in enumerate(names)}
+  new_updates, du, new_state = jax.vmap(jvp, out_axes=(None, 0, None))(basis)
+  du = _zero_undefined(du, new_updates)
+  tangents = {n: jax.tree.map(lambda d, i=i: d[i], du)
+              for i, n in enumerate(names)}
+  return new_updates, tangents, new_state
+
+
+def _zero_undefined(du, updates):
+  """Zeroes a non-finite tangent of a finite update entry.
+
+  That is forward mode's 0 * inf: Adam's sqrt(v̂) at v̂ = 0, for a coordinate
+  whose gradient has always been 0 (a constant input feature, a dead unit),
+  where u = 0 for every λ and the derivative is 0. Left as NaN it would make
+  h_t NaN at every step, so b2 (and anything adapted with it) would never
+  move.
+  """
+  return jax.tree.map(
+      lambda d, u: jnp.where(jnp.isfinite(d) | ~jnp.isfinite(u), d,
+                             jnp.zeros_like(d)), du, updates)

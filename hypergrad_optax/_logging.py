@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypergrad_optax import rules as _rules
 from hypergrad_optax._core import HypergradientState
 from hypergrad_optax._core import ScaleByHypergradientState
 
@@ -93,3 +94,66 @@ def get_learning_rate(opt_state: Any,
     base = base_learning_rate
   return jax.tree.map(
       lambda s: s * jnp.asarray(base).astype(s.dtype), state.scale)
+
+
+def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
+  r"""What the wrapper's rule sees at the coming step, for logging.
+
+  Call it with the gradient and the state *before* ``update``: the values are
+  those the next update's rule will use. For a :func:`hypergradient` state
+  (any granularity; the values are reduced over the whole model):
+
+  * ``hypergradient``: :math:`h_t = g_t \cdot Z_{t-1}`, the derivative of the
+    loss with respect to the factor along the stored tangent :math:`Z_{t-1}`
+    (the previous update, or its discounted sum with ``horizon > 1``);
+  * ``cosine``: :math:`h_t / (\|g_t\| \|Z_{t-1}\|)`, what the
+    multiplicative rule moves the factor by (times ``-hyper_lr``);
+  * ``bound``: :math:`A = \|g_{t-1}\| \|Z_{t-1}\|` when the overshoot guard
+    keeps :math:`\|g_{t-1}\|` (NaN otherwise);
+  * ``overshoot``: whether the guard caps this step, :math:`h_t > 3A`.
+
+  Running means and standard deviations of ``hypergradient`` over a log tell
+  whether the rule sees signal or noise (see ``docs/how_it_works.md``).
+
+  Args:
+    grads: the gradient about to be passed to ``update``.
+    opt_state: a state containing a :func:`hypergradient` state.
+
+  Returns:
+    A dict of float32 scalars (float64 with float64 params).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import hypergrad_optax as hgo
+    >>> tx = hgo.hypergradient(optax.sgd(0.1))
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = tx.init(params)
+    >>> _, state = tx.update(2 * params, state, params)   # ũ_0 = -0.1 g_0
+    >>> info = hgo.diagnose(-2 * params, state)           # g_1 = -g_0
+    >>> print(f"{info['cosine']:.2f}")
+    1.00
+  """
+  state = find_state(opt_state)
+  if not isinstance(state, ScaleByHypergradientState):
+    raise ValueError(
+        "diagnose reads the state of hypergradient(...); the aliases' "
+        "learning_rate is their state's learning_rate field.")
+  leaves = lambda t: jax.tree.leaves(t)  # pylint: disable=unnecessary-lambda-assignment
+  dtype = leaves(state.scale)[0].dtype
+  total = lambda a, b: sum(  # pylint: disable=unnecessary-lambda-assignment
+      (jnp.vdot(x.astype(dtype), y.astype(dtype))
+       for x, y in zip(leaves(a), leaves(b))), jnp.zeros([], dtype))
+  h = total(grads, state.previous_update)
+  grad_norm = jnp.sqrt(total(grads, grads))
+  tangent_norm = jnp.sqrt(total(state.previous_update,
+                                state.previous_update))
+  norm = grad_norm * tangent_norm
+  cosine = jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
+  if leaves(state.previous_grad_norm):
+    previous = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype)))
+                            for x in leaves(state.previous_grad_norm)))
+    bound = previous * tangent_norm
+  else:
+    bound = jnp.asarray(jnp.nan, dtype)
+  return {"hypergradient": h, "cosine": cosine, "bound": bound,
+          "overshoot": h > _rules.OVERSHOOT_RATIO * bound}

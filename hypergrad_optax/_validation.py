@@ -109,11 +109,26 @@ def check_bounds(min_rate: Any, max_rate: Any,
 
 
 def check_same_structure(grads: Any, reference: Any, what: str) -> None:
-  """Raises a ValueError naming both structures when they differ."""
+  """Raises a ValueError naming both structures when they differ, or the
+  first leaf whose shape differs (its path and both shapes).
+
+  ``what`` names the state's tree in the message only where it is a stored
+  buffer the user may know of (the previous direction of the aliases that
+  recompute it from the inner state is not one; the message speaks of the
+  parameters the state was initialised with, which is true of every variant).
+  """
+  del what
   got, expected = jax.tree.structure(grads), jax.tree.structure(reference)
   if got != expected:
     raise ValueError(
-        "The gradients' tree structure differs from the one the optimizer "
-        f"state was initialised with ({what}).\n  gradients: {got}\n"
-        f"  state:     {expected}"
+        "The gradients' tree structure differs from that of the parameters "
+        "the optimizer state was initialised with (tx.init(params)).\n"
+        f"  gradients: {got}\n  state:     {expected}"
     )
+  flat, _ = jax.tree_util.tree_flatten_with_path(grads)
+  for (path, leaf), ref in zip(flat, jax.tree.leaves(reference)):
+    if np.shape(leaf) != np.shape(ref):
+      raise ValueError(
+          f"The gradient at {jax.tree_util.keystr(path) or 'the root'} has "
+          f"shape {np.shape(leaf)}, but the optimizer state was initialised "
+          f"(tx.init(params)) with shape {np.shape(ref)} there.")

@@ -79,11 +79,14 @@ def cosine(signals: RateSignals) -> Rate:
   """``hypergradient / (‖g_t‖ ‖D_{t-1}‖)`` in [-1, 1]; 0 where undefined.
 
   No previous direction (the first step) or a zero gradient carries no
-  information about the rate.
+  information about the rate. A non-finite hypergradient or norm (a NaN or
+  overflowed gradient) stays non-finite, so that the step that follows is
+  skipped (:func:`optimizer_step`, :func:`keep_finite`) rather than fed 0.
   """
   def leaf(h, g, d):
     norm = g * d
-    return jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
+    cos = jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
+    return jnp.where(jnp.isfinite(h) & jnp.isfinite(norm), cos, jnp.nan)
   return jax.tree.map(leaf, signals.hypergradient, signals.grad_norm,
                       signals.direction_norm)
 

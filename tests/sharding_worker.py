@@ -26,6 +26,7 @@ import hypergrad_optax as hgo  # pylint: disable=g-import-not-at-top
 
 STEPS = 30
 N = 8  # devices
+HYPER_LR_ADAPT = 3.0
 
 OPTIMIZERS = {
     "wrap-adam": lambda **kw: hgo.hypergradient(optax.adam(1e-2), **kw),
@@ -41,6 +42,9 @@ OPTIMIZERS = {
     "adam_hd": lambda **kw: hgo.adam_hd(1e-2, hyper_lr=1e-4, **kw),
     "adamw_hd-per-tensor": lambda **kw: hgo.adamw_hd(
         1e-2, hyper_lr=1e-4, granularity="per-tensor", **kw),
+    "adapt-adam": lambda **kw: hgo.adapt_hyperparams(
+        optax.adam, ("learning_rate", "b1"), hyper_lr=HYPER_LR_ADAPT,
+        hyperparams=dict(learning_rate=1e-2), **kw),
 }
 
 # FSDP: every leaf sharded along its first dimension (divisible by 8).
@@ -90,6 +94,8 @@ def rel_diff(a, b):
 
 
 def rate_of(state):
+  if isinstance(state, hgo.AdaptHyperparamsState):
+    return state.unconstrained  # log lr and logit b1
   return hgo.get_learning_rate(state, base_learning_rate=1.0)
 
 
@@ -276,15 +282,16 @@ SCENARIOS = {
     "shard_map_fsdp": (shard_map_fsdp,
                        ["wrap-adam", "wrap-sgd-additive-per-tensor",
                         "wrap-sgd-per-element", "sgdn_hd-multiplicative",
-                        "adam_hd", "adamw_hd-per-tensor"]),
+                        "adam_hd", "adamw_hd-per-tensor", "adapt-adam"]),
     "shard_map_fsdp_2d": (
         functools.partial(shard_map_fsdp, axes=("a", "b"), mesh_shape=(2, 4)),
         ["wrap-sgd-additive-per-tensor"]),
-    "pmap_fsdp": (pmap_fsdp, ["wrap-adam", "wrap-sgd-per-element"]),
+    "pmap_fsdp": (pmap_fsdp, ["wrap-adam", "wrap-sgd-per-element",
+                              "adapt-adam"]),
     # Negative control: a dot over the local shard is partial.
     "shard_map_fsdp_no_axis_name": (
         functools.partial(shard_map_fsdp, use_axis_name=False),
-        ["wrap-adam", "wrap-sgd-additive-per-tensor"]),
+        ["wrap-adam", "wrap-sgd-additive-per-tensor", "adapt-adam"]),
 }
 
 

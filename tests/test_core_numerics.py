@@ -30,6 +30,9 @@ _TARGET = {"b": np.array([0.5, -1.0, 2.0]),
 _INIT = {"b": np.array([0.1, 0.2, -0.3]),
          "w": np.array([[-0.5, 0.4, 1.0], [0.0, -0.2, 0.3]])}
 _KEYS = ("b", "w")  # jax flattens dicts in sorted key order
+# The overshoot guard caps the rate when h > 3 A, A = ‖g_{t-1}‖‖p_{t-1}‖
+# (written here, not read from the library; checked against it below).
+OVERSHOOT_RATIO = 3.0
 
 
 def _grad(params):
@@ -87,7 +90,7 @@ def _np_direction(kind, hp):
 
 def reference_run(kind, hp, *, wrapper, steps, rule, granularity, beta,
                   rate0, min_rate=None, max_rate=None, guard=False,
-                  coupled_decay=0.0, grads_override=None):
+                  coupled_decay=0.0, grads_override=None, caps=None):
   """Runs the paper's rule for ``steps`` steps; returns (params, rates).
 
   Args:
@@ -98,9 +101,11 @@ def reference_run(kind, hp, *, wrapper, steps, rule, granularity, beta,
       per unit rate is the inner update -lr d; False for the aliases: r is
       α and the update per unit rate is -d.
     steps, rule, granularity, beta, rate0, min_rate, max_rate: the rule.
-    guard: apply the overshoot cap at the secant.
+    guard: apply the overshoot cap at the secant when h > 3 A.
     coupled_decay: λ in g ← g + λθ.
     grads_override: optional {step index: gradient dict} replacing g_t.
+    caps: optional list; the index of every step where the cap lowers a rate
+      is appended to it.
 
   Returns:
     the final parameters and the list of rates used at each step.
@@ -136,7 +141,10 @@ def reference_run(kind, hp, *, wrapper, steps, rule, granularity, beta,
           proposed = r * (1 - beta * cosine)
         if guard:
           bound = grad_norm_prev[k] * pnorm[k]
-          over = hk > bound
+          over = hk > OVERSHOOT_RATIO * bound
+          if caps is not None and np.any(over & (
+              r * bound / np.where(over, bound + hk, 1) < proposed)):
+            caps.append(t)
           proposed = np.where(
               over, np.minimum(proposed, r * bound / np.where(
                   over, bound + hk, 1)), proposed)
@@ -312,6 +320,60 @@ def test_wrapper_matches_paper_equations(x64, inner, granularity, rule,
   assert_runs_match(lib, ref)
 
 
+def test_reference_threshold_is_the_librarys():
+  assert OVERSHOOT_RATIO == hgo.rules.OVERSHOOT_RATIO
+
+
+_CAPPED = {  # inner optimizers whose steps overshoot the stiff entries
+    "sgd": (lambda: optax.sgd(2.0), {"lr": 2.0}),
+    "momentum": (lambda: optax.sgd(2.0, momentum=0.5), {"lr": 2.0,
+                                                        "momentum": 0.5}),
+    "adam": (lambda: optax.adam(2.0, b1=0.5, b2=0.9, eps=1e-3),
+             {"lr": 2.0, "b1": 0.5, "b2": 0.9, "eps": 1e-3}),
+}
+# Adam's bounded direction overshoots by 3A only entry by entry.
+_CAPPED_CASES = [(inner, g) for inner in ("sgd", "momentum")
+                 for g in GRANULARITIES] + [("adam", "per-element")]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("inner,granularity", _CAPPED_CASES)
+def test_wrapper_guard_caps_like_the_reference(x64, inner, granularity, rule):
+  """Steps where the 3A cap acts, checked against the hand-written cap."""
+  make_inner, hp = _CAPPED[inner]
+  # A small additive β: a large one already cuts the rate below the cap.
+  beta = 1e-3 if rule == "additive" else 0.3
+  steps = 8
+  tx = hgo.hypergradient(make_inner(), beta, rule=rule,
+                         granularity=granularity)
+  with jax.numpy_dtype_promotion("standard"):  # optax's Adam
+    lib = library_run(tx, steps=steps)
+  caps = []
+  kw = dict(wrapper=True, steps=steps, rule=rule, granularity=granularity,
+            beta=beta, rate0=1.0, min_rate=0.0)
+  ref = reference_run(inner, hp, guard=True, caps=caps, **kw)
+  assert caps, "the case must make the cap act"
+  assert_runs_match(lib, ref, rtol=1e-10)
+  # Without the cap the rates differ from the first step where it acts.
+  unguarded = reference_run(inner, hp, **kw)[1][caps[0]]
+  assert any(not np.allclose(unguarded[k], ref[1][caps[0]][k]) for k in _KEYS)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("kind", ["sgd", "momentum"])
+def test_alias_guard_caps_like_the_reference(x64, kind, rule):
+  kwargs, hp = {"sgd": ({}, {}), "momentum": ({"momentum": 0.5},
+                                              {"momentum": 0.5})}[kind]
+  beta = 0.01 if rule == "additive" else 0.3
+  tx = hgo.sgd_hd(2.0, beta, rule=rule, overshoot_guard=True, **kwargs)
+  caps = []
+  ref = reference_run(kind, hp, wrapper=False, steps=8, rule=rule,
+                      granularity="global", beta=beta, rate0=2.0,
+                      min_rate=0.0, guard=True, caps=caps)
+  assert caps, "the case must make the cap act"
+  assert_runs_match(library_run(tx, steps=8), ref, rtol=1e-10)
+
+
 def _overshooting_sgd(guard, lr):
   """SGD on the quadratic with a step that overshoots (cα > 2 for most c)."""
   return hgo.hypergradient(optax.sgd(lr), 0.1, overshoot_guard=guard)
@@ -370,7 +432,7 @@ def test_additive_wrapper_equals_sgd_hd(x64, momentum):
   alias = hgo.sgd_hd(a0, beta, momentum=momentum, min_rate=None)
   wrapped = hgo.hypergradient(optax.sgd(a0, momentum=momentum),
                               rule="additive", hyper_lr=beta / a0 ** 2,
-                              min_rate=None, overshoot_guard=False)
+                              min_scale=None, overshoot_guard=False)
   p1, r1, _ = library_run(alias, steps=4)
   p2, r2, _ = library_run(wrapped, steps=4)
   for a, s in zip(r1, r2):

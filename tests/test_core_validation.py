@@ -29,8 +29,10 @@ _BAD_CONSTRUCTION = [
      "rule must be one of"),
     (lambda: hgo.adam_hd(granularity="per-layer"), ValueError,
      "granularity must be one of 'global', 'per-tensor', 'per-element'"),
-    (lambda: hgo.hypergradient(optax.sgd(0.1), min_rate=2.0, max_rate=1.0),
-     ValueError, "min_rate must be <= max_rate"),
+    (lambda: hgo.hypergradient(optax.sgd(0.1), min_scale=2.0, max_scale=1.0),
+     ValueError, "min_scale must be <= max_scale"),
+    (lambda: hgo.sgd_hd(min_rate=2.0, max_rate=1.0), ValueError,
+     "min_rate must be <= max_rate"),
     (lambda: hgo.sgd_hd(min_rate=float("nan")), ValueError, "min_rate"),
     (lambda: hgo.adam_hd(b1=1.0), ValueError, r"b1 must be in \[0, 1\)"),
     (lambda: hgo.adamw_hd(b2=-0.1), ValueError, r"b2 must be in \[0, 1\)"),
@@ -108,7 +110,20 @@ def test_gradient_structure_mismatch_names_both(make_tx):
   tx = make_tx()
   state = tx.init(_PARAMS)
   wrong = {"w": jnp.ones((2, 3)), "bias": jnp.zeros(3)}
-  with pytest.raises(ValueError, match=r"(?s)tree structure.*'bias'.*'b'"):
+  with pytest.raises(ValueError, match=r"(?s)tree structure.*'bias'.*'b'"
+                     ) as info:
+    tx.update(wrong, state, wrong)
+  # Not every variant keeps a previous direction (adam_hd recomputes it).
+  assert "previous direction" not in str(info.value)
+
+
+@pytest.mark.parametrize("make_tx", _ALL)
+def test_gradient_shape_mismatch_names_the_leaf_and_both_shapes(make_tx):
+  tx = make_tx()
+  state = tx.init(_PARAMS)
+  wrong = {"w": jnp.ones((3, 2)), "b": jnp.zeros(3)}
+  with pytest.raises(ValueError, match=r"\['w'\] has shape \(3, 2\).*"
+                     r"with shape \(2, 3\)"):
     tx.update(wrong, state, wrong)
 
 

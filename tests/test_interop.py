@@ -73,11 +73,53 @@ def test_chain_around_alias_equals_manual_clipping():
   _assert_trees_equal(state[1], manual_state)
 
 
-def test_wrapper_around_chain_adapts():
+def _np_wrapper(inner_update, steps, beta=0.1):
+  """The wrapper's default rule in numpy (multiplicative, 3A guard, s >= 0).
+
+  ``inner_update(g, t)`` is the inner optimizer's update ũ_t. Returns the
+  final parameters (as a dict) and the scales.
+  """
+  theta = {k: np.asarray(v, np.float64) for k, v in _PARAMS.items()}
+  keys = sorted(theta)  # jax's leaf order: the loss weighs leaf i by 1 + i
+  s, previous, previous_norm, scales = 1.0, None, 0.0, []
+  for t in range(steps):
+    g = {k: 2 * (1 + i) * (theta[k] - 1) for i, k in enumerate(keys)}
+    flat = np.concatenate([g[k].ravel() for k in keys])
+    if previous is None:
+      h, prev_norm = 0.0, 0.0
+    else:
+      h, prev_norm = flat @ previous, np.linalg.norm(previous)
+    norm = np.linalg.norm(flat) * prev_norm
+    proposed = s * (1 - beta * (h / norm if norm > 0 else 0.0))
+    bound = previous_norm * prev_norm
+    if h > 3 * bound:
+      proposed = min(proposed, s * bound / (bound + h))
+    s = max(proposed, 0.0)
+    u = inner_update(flat, t)
+    offset = 0
+    for k in keys:
+      n = theta[k].size
+      theta[k] = theta[k] + s * u[offset:offset + n].reshape(theta[k].shape)
+      offset += n
+    previous, previous_norm = u, np.linalg.norm(flat)
+    scales.append(s)
+  return theta, scales
+
+
+def _assert_close_to(params, state, reference, rtol=2e-5):
+  theta, scales = reference
+  np.testing.assert_allclose(float(state.scale), scales[-1], rtol=rtol)
+  for k, v in theta.items():
+    np.testing.assert_allclose(params[k], v, rtol=rtol, atol=1e-6)
+  assert abs(scales[-1] - 1.0) > 1e-2  # the scale did move
+
+
+def test_wrapper_around_chain_matches_numpy():
   inner = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05))
-  _, state = _steps(hgo.hypergradient(inner), 5)
+  params, state = _steps(hgo.hypergradient(inner), 5)
   assert isinstance(state.inner_state, tuple) and len(state.inner_state) == 2
-  assert float(state.scale) != 1.0
+  clipped_sgd = lambda g, t: -0.05 * g / max(np.linalg.norm(g), 1.0)  # pylint: disable=unnecessary-lambda-assignment
+  _assert_close_to(params, state, _np_wrapper(clipped_sgd, 5))
 
 
 @pytest.mark.parametrize("factory,kwargs,changed", [
@@ -128,7 +170,15 @@ def test_multisteps_first_update_is_zero(make_tx):
   updates, state = jax.jit(tx.update)(_grads(_PARAMS), state, _PARAMS)
   for u in jax.tree.leaves(updates):
     np.testing.assert_array_equal(u, 0.0)
-  params, _ = _steps(tx, 6)
+  # The parameters stay put between real steps, so the mean of 3 equal
+  # gradients is the gradient: 6 mini-steps are 2 steps of the optimizer.
+  params, state = _steps(tx, 6)
+  expected, expected_state = _steps(make_tx(), 2)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_allclose(hgo.get_learning_rate(state, 0.1),
+                             hgo.get_learning_rate(expected_state, 0.1),
+                             rtol=1e-6)
   assert _loss(params) < _loss(_PARAMS)
 
 
@@ -154,8 +204,9 @@ def test_schedule_inside_inner_optimizer():
   fixed, _ = _steps(hgo.hypergradient(optax.sgd(schedule), 0.0), 4)
   reference, _ = _steps(optax.sgd(schedule), 4)
   _assert_trees_equal(fixed, reference)
-  _, state = _steps(hgo.hypergradient(optax.sgd(schedule)), 4)
-  assert float(state.scale) != 1.0
+  params, state = _steps(hgo.hypergradient(optax.sgd(schedule)), 4)
+  _assert_close_to(params, state, _np_wrapper(
+      lambda g, t: -0.1 * 0.5 ** t * g, 4))
   np.testing.assert_allclose(
       hgo.get_learning_rate(state, base_learning_rate=schedule),
       float(state.scale) * schedule(3), rtol=1e-6)
@@ -333,7 +384,11 @@ def test_get_learning_rate_base_and_nesting():
   for name, outer in nested.items():
     _, outer_state = _steps(outer, 3)
     rate = hgo.get_learning_rate(outer_state, 0.1)
-    assert np.isfinite(float(rate)) and float(rate) != 0.1, name
+    # The same run as tx alone, but inside chain (clipped gradients).
+    want = (0.1 * outer_state[1].scale if name == "chain"
+            else 0.1 * scale)
+    np.testing.assert_allclose(rate, want, rtol=1e-6, err_msg=name)
+    assert float(rate) != 0.1, name
   with pytest.raises(ValueError, match="base_learning_rate"):
     hgo.get_learning_rate(state)
   with pytest.raises(ValueError, match="No hypergradient state"):

@@ -1,11 +1,12 @@
-"""The notebooks: generated, committed without outputs, and run top to bottom.
+"""The notebooks: jupytext pairs, committed without outputs, run top to bottom.
 
+Each notebook's source is a jupytext percent-format ``notebooks/NAME.py``,
+paired with ``notebooks/NAME.ipynb`` (``jupytext --sync notebooks/*.py``).
 Each notebook runs in its own Jupyter kernel (nbclient) with ``HGO_SMALL=1``,
-the small-size switch that keeps each one to about a minute on CPU.
+the small-size switch that keeps each one to about a minute on CPU; the
+notebooks assert their own claims, so a claim that stops holding fails here.
 """
 
-import importlib.util
-import os
 import pathlib
 import sys
 
@@ -18,12 +19,8 @@ NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 nbformat = pytest.importorskip("nbformat")
 
 
-def _generator():
-  spec = importlib.util.spec_from_file_location(
-      "make_notebooks", NOTEBOOK_DIR / "make_notebooks.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _cells(nb):
+  return [(cell.cell_type, cell.source.strip()) for cell in nb.cells]
 
 
 def test_there_are_notebooks():
@@ -40,17 +37,20 @@ def test_committed_notebook_has_no_outputs(name):
            and (cell.get("outputs") or cell.get("execution_count") is not None)]
   assert not dirty, (
       f"{name}: cells {dirty} carry outputs; regenerate with "
-      "`python notebooks/make_notebooks.py` (or strip the outputs)")
+      "`jupytext --sync notebooks/*.py` (or strip the outputs)")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_matches_generator(name):
-  generator = _generator()
-  assert name in generator.NOTEBOOKS, f"{name} is not generated"
-  committed = (NOTEBOOK_DIR / name).read_text(encoding="utf-8")
-  assert committed == generator.render(name), (
-      f"{name} differs from notebooks/make_notebooks.py: edit the generator "
-      "and run `python notebooks/make_notebooks.py`")
+def test_notebook_is_in_sync_with_its_text_source(name):
+  jupytext = pytest.importorskip("jupytext")
+  source = NOTEBOOK_DIR / name.replace(".ipynb", ".py")
+  assert source.is_file(), f"{name} has no jupytext source {source.name}"
+  text = jupytext.read(source)
+  committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+  assert text.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+  assert _cells(committed) == _cells(text), (
+      f"{name} differs from {source.name}: edit the .py and run "
+      f"`jupytext --sync notebooks/{source.name}`")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

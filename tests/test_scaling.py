@@ -165,8 +165,11 @@ def test_data_parallel_example_runs_on_8_devices():
 @pytest.mark.parametrize("factory", [
     lambda **kw: hgo.hypergradient(optax.sgd(0.1), **kw),
     lambda **kw: hgo.sgd_hd(0.1, **kw), lambda **kw: hgo.adam_hd(**kw),
-    lambda **kw: hgo.adamw_hd(**kw)], ids=["wrap", "sgd_hd", "adam_hd",
-                                           "adamw_hd"])
+    lambda **kw: hgo.adamw_hd(**kw),
+    lambda **kw: hgo.adapt_hyperparams(optax.sgd, ("learning_rate",),
+                                       hyperparams=dict(learning_rate=0.1),
+                                       **kw)],
+    ids=["wrap", "sgd_hd", "adam_hd", "adamw_hd", "adapt"])
 def test_bad_axis_name_is_rejected_at_construction(factory, axis_name):
   with pytest.raises(TypeError, match="axis_name"):
     factory(axis_name=axis_name)

@@ -8,11 +8,16 @@ Examples::
   hypergrad-bench --task logreg-mnist --data-dir DIR --alpha0 grid \\
       --methods all --out results/robustness        # α0 in 1e-1 ... 1e-6
   hypergrad-bench cost --help                       # per-step cost, state bytes
+  hypergrad-bench sweep --seeds 1 --out results/sweep  # regret over an α0 grid
+  hypergrad-bench demo                              # Adam vs the wrapper, 1 min
+  hypergrad-bench hyper-lr                          # docs/choosing_hyper_lr.md
+  hypergrad-bench stacking --help                   # docs/beyond.md (MNIST)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -26,29 +31,42 @@ from hypergrad_optax.bench import tasks as tasks_lib
 from hypergrad_optax.bench import train as train_lib
 
 ALPHA_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# Subcommand -> module of hypergrad_optax.bench with main(argv) -> int.
+SUBCOMMANDS = {"sweep": "sweep", "demo": "demo", "hyper-lr": "hyper_lr",
+               "stacking": "stacking"}
 
 
-def _number(text: str, what: str, *, positive: bool) -> float:
+def _number(text: str, what: str, *, positive: bool, allowed: str = ""
+            ) -> float:
+  """A finite number (> 0 or >= 0). argparse names the argument in front of
+  the message ("argument --beta: ..."); ``what`` names it when called
+  elsewhere, and ``allowed`` says what the argument accepts."""
+  del what  # argparse's own prefix names the argument.
   try:
     value = float(text)
   except ValueError:
     raise argparse.ArgumentTypeError(
-        f"{what}: {text!r} is not a number") from None
+        f"{text!r} is not a number{allowed}") from None
   if not math.isfinite(value) or value < 0 or (positive and value == 0):
     raise argparse.ArgumentTypeError(
-        f"{what}: {text!r} must be a finite number "
-        f"{'> 0' if positive else '>= 0'}")
+        f"{text!r} must be a finite number "
+        f"{'> 0' if positive else '>= 0'}{allowed}")
   return value
+
+
+_ALPHA0_ALLOWED = ("; give a number > 0 (e.g. 1e-3), a comma-separated list "
+                   "(e.g. 1e-2,1e-3) or 'grid' (1e-1,1e-2,...,1e-6)")
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
   """``'1e-3'``, ``'1e-2,1e-3'`` or ``'grid'`` (1e-1 ... 1e-6)."""
   if text.strip() == "grid":
     return ALPHA_GRID
-  values = [_number(t.strip(), "--alpha0", positive=True)
+  values = [_number(t.strip(), "--alpha0", positive=True,
+                    allowed=_ALPHA0_ALLOWED)
             for t in text.split(",") if t.strip()]
   if not values:
-    raise argparse.ArgumentTypeError("--alpha0: no value given")
+    raise argparse.ArgumentTypeError("no value given" + _ALPHA0_ALLOWED)
   return tuple(dict.fromkeys(values))
 
 
@@ -58,9 +76,10 @@ def _positive_int(what):
       value = int(text)
     except ValueError:
       raise argparse.ArgumentTypeError(
-          f"{what}: {text!r} is not an integer") from None
+          f"{text!r} is not an integer (give a whole number >= 1)"
+      ) from None
     if value < 1:
-      raise argparse.ArgumentTypeError(f"{what}: {text!r} must be >= 1")
+      raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
   return parse
 
@@ -158,9 +177,10 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
       result = train_lib.train(
           dataset, model, method,
           alpha0=1e-3 if alpha0 is None else alpha0, beta=beta,
-          epochs=epochs, batch_size=args.batch_size, seed=args.seed,
-          weight_decay=args.weight_decay, progress=not args.no_progress,
-          desc=desc)
+          epochs=epochs, batch_size=task.batch_size or args.batch_size,
+          seed=args.seed, weight_decay=args.weight_decay,
+          progress=not args.no_progress, desc=desc,
+          loss_fn=tasks_lib.loss_fn(task, model))
       train_lib.write_csv(csv_path, result.rows)
     runs[(name, alpha0)] = train_lib.read_csv(csv_path)
     row = report.Row(
@@ -171,7 +191,8 @@ def run_task(task: tasks_lib.Task, dataset: data_lib.Dataset, args,
     rows.append(row)
     on_row(rows)
     print(f"{desc}: final train loss {row.loss_epoch:.4g}, valid "
-          f"{row.valid_loss:.4g}, α {row.alpha:.3g}, {row.seconds:.1f}s",
+          f"{row.valid_loss:.4g}, α {report.format_rate(row.alpha)}, "
+          f"{row.seconds:.1f}s",
           flush=True)
   _plot_task(task, runs, rows, args.alpha0, out_dir, epochs)
   return rows
@@ -214,6 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "cost":
     return _cost_main(argv[1:])
+  if argv and argv[0] in SUBCOMMANDS:
+    module = importlib.import_module(
+        f"hypergrad_optax.bench.{SUBCOMMANDS[argv[0]]}")
+    result = module.main(argv[1:])
+    return result if isinstance(result, int) else 0
   parser = build_parser()
   args = parser.parse_args(argv)
   try:

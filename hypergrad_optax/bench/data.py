@@ -1,4 +1,5 @@
-"""Data sets for the benchmark: IDX (MNIST, Fashion-MNIST), CIFAR-10, digits.
+"""Data sets for the benchmark: IDX (MNIST, Fashion-MNIST), CIFAR-10, digits,
+wine, a Friedman #1 regression and a character corpus (the King James Bible).
 
 Every loader returns a :class:`Dataset` of float32 inputs already normalised
 (the paper's MNIST mean 0.1307 / std 0.3081) and int32 labels. Missing or
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import struct
 import zlib
 from typing import NamedTuple, Optional, Sequence
@@ -55,7 +57,20 @@ HOW_TO_GET = {
         "Get CIFAR-10's python version (data_batch_1..5, test_batch) into "
         "--data-dir: download and extract "
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz."),
+    "charlm": (
+        "The embedded default is the Book of Genesis (King James Version, "
+        "public domain). For the whole Bible (4.3 MB) into --data-dir: on "
+        "Debian/Ubuntu `apt-get install bible-kjv && bible -f "
+        "\"gen1:1-rev22:21\" > DIR/kjv.txt` (verse labels such as 'Ge1:1 ' "
+        "are stripped when read); any other ASCII text saved as DIR/kjv.txt "
+        "works too."),
 }
+
+CORPUS_FILE = "kjv.txt"
+EMBEDDED_CORPUS = os.path.join(os.path.dirname(__file__), "corpus",
+                               "genesis.txt.gz")
+CONTEXT = 128
+VOCAB_SIZE = 128
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, bottom of the page).
 _IDX_DTYPES = {
@@ -203,6 +218,103 @@ def load_digits(data_dir: Optional[str] = None, seed: int = 0) -> Dataset:
                  _normalise(x[cut:], *stats), y[cut:])
 
 
+def _standardise(train, test):
+  mean, std = train.mean(axis=0), train.std(axis=0) + 1e-8
+  return ((train - mean) / std).astype(np.float32), (
+      (test - mean) / std).astype(np.float32)
+
+
+def _split(x, y, seed, fraction=0.8):
+  order = np.random.default_rng(seed).permutation(len(x))
+  x, y = x[order], y[order]
+  cut = int(fraction * len(x))
+  return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def load_wine(data_dir: Optional[str] = None, seed: int = 0) -> Dataset:
+  """sklearn's wine (178 examples, 13 features, 3 classes), 80/20, standardised
+  with the training split's statistics."""
+  del data_dir  # Embedded.
+  from sklearn.datasets import load_wine as sk_load_wine  # pylint: disable=import-outside-toplevel
+  bunch = sk_load_wine()
+  x_train, y_train, x_test, y_test = _split(
+      bunch.data.astype(np.float64), bunch.target.astype(np.int32), seed)
+  x_train, x_test = _standardise(x_train, x_test)
+  return Dataset("wine", x_train, y_train, x_test, y_test)
+
+
+def load_friedman(data_dir: Optional[str] = None, seed: int = 0,
+                  n_samples: int = 500) -> Dataset:
+  """Friedman #1 regression (``sklearn.datasets.make_friedman1``, 10 inputs,
+  noise std 1): 400 training and 100 validation examples, targets
+  standardised with the training split's mean and std (so an MSE of 1 is the
+  constant predictor's; the noise floor is about 0.04)."""
+  del data_dir  # Generated.
+  from sklearn.datasets import make_friedman1  # pylint: disable=import-outside-toplevel
+  x, y = make_friedman1(n_samples=n_samples, noise=1.0, random_state=0)
+  x_train, y_train, x_test, y_test = _split(x, y, seed)
+  mean, std = y_train.mean(), y_train.std()
+  return Dataset("friedman", x_train.astype(np.float32),
+                 ((y_train - mean) / std).astype(np.float32),
+                 x_test.astype(np.float32),
+                 ((y_test - mean) / std).astype(np.float32))
+
+
+def read_corpus(path: str) -> str:
+  """Reads a text corpus (plain or gzip); verse labels like 'Ge1:1 ' go.
+
+  Raises:
+    DataError: the file is missing, not text, or too short for one window.
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file. {HOW_TO_GET['charlm']}")
+  raw = _read_bytes(path)
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as err:
+    raise DataError(f"{path}: not a UTF-8 text file ({err}). "
+                    f"{HOW_TO_GET['charlm']}") from err
+  if "\x00" in text:
+    raise DataError(f"{path}: not a text file (it contains NUL bytes). "
+                    f"{HOW_TO_GET['charlm']}")
+  text = re.sub(r"(?m)^[1-3]?[A-Za-z]+\d+:\d+ ", "", text)
+  if len(text) < 4 * (CONTEXT + 1):
+    raise DataError(f"{path}: only {len(text)} characters; the character "
+                    f"model needs at least {4 * (CONTEXT + 1)}. "
+                    f"{HOW_TO_GET['charlm']}")
+  return text
+
+
+def encode(text: str) -> np.ndarray:
+  """ASCII codes (other characters become '?') as int32."""
+  return np.frombuffer(text.encode("ascii", "replace"), np.uint8).astype(
+      np.int32)
+
+
+def load_charlm(data_dir: Optional[str] = None, seed: int = 0) -> Dataset:
+  """Character windows of ``CONTEXT + 1`` symbols from a text corpus.
+
+  The text is ``DIR/kjv.txt`` when ``data_dir`` is given, else the embedded
+  Book of Genesis. The first 90% of the text gives the training windows
+  (stride ``CONTEXT``, so each character is predicted once per epoch), the
+  last 10% the validation windows. ``x`` holds the windows; ``y`` is unused.
+  """
+  del seed  # A fixed split: the windows are shuffled by the training loop.
+  path = (os.path.join(data_dir, CORPUS_FILE) if data_dir
+          else EMBEDDED_CORPUS)
+  tokens = encode(read_corpus(path))
+  cut = int(0.9 * len(tokens))
+
+  def windows(seq):
+    count = (len(seq) - 1) // CONTEXT
+    idx = np.arange(count)[:, None] * CONTEXT + np.arange(CONTEXT + 1)
+    return seq[idx]
+
+  train, test = windows(tokens[:cut]), windows(tokens[cut:])
+  return Dataset("charlm", train, np.zeros(len(train), np.int32), test,
+                 np.zeros(len(test), np.int32))
+
+
 def write_idx(path: str, array: np.ndarray) -> None:
   """Writes a uint8 array as an IDX file (``.gz`` when the name says so).
 
@@ -222,12 +334,23 @@ LOADERS = {
     "mnist": load_mnist,
     "fashion": load_fashion_mnist,
     "cifar10": load_cifar10,
+    "wine": load_wine,
+    "friedman": load_friedman,
+    "charlm": load_charlm,
 }
+
+_SEEDED = ("digits", "wine", "friedman", "charlm")
 
 
 def load(name: str, data_dir: Optional[str], seed: int = 0) -> Dataset:
-  if name == "digits":
-    return load_digits(data_dir, seed)
+  """The data set ``name`` (a key of :data:`LOADERS`).
+
+  Raises:
+    DataError: a file is missing or corrupt (the message names it and says
+      how to get it).
+  """
+  if name in _SEEDED:
+    return LOADERS[name](data_dir, seed)
   return LOADERS[name](data_dir)
 
 

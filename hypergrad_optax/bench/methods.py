@@ -221,3 +221,179 @@ def beta_for(method: Method, beta: Optional[float]) -> Optional[float]:
   if method.family != "hd":
     return None
   return beta if beta is not None else method.default_beta
+
+
+# --------------------------------------------------------------------------
+# The sweep's registry: name -> build(alpha0, base) -> optimizer.
+
+
+class SweepMethod(NamedTuple):
+  """One optimizer of ``hypergrad-bench sweep``.
+
+  Attributes:
+    name: the name on the command line and in ``sweep.csv``.
+    family: ``'base'`` (the task's base at a fixed rate, tuned over the
+      grid), ``'hd'`` (runs from every ``α0`` of the grid) or ``'peer'``
+      (learning-rate free: runs once per seed).
+    build: ``(alpha0, base) -> GradientTransformation``, where ``alpha0`` may
+      be a traced value and ``base(learning_rate)`` builds the task's base
+      optimizer (its schedule and weight decay included).
+    description: one line for ``--help`` and tables.
+    rate: ``(state, alpha0) -> scalar`` the rate of the last step (None:
+      read it from a hypergradient state, else from ``inject_hyperparams``,
+      else NaN).
+    eval_params: ``(state, params) -> params`` for the validation loss.
+  """
+  name: str
+  family: str
+  build: Callable[[Any, Callable[[Any], optax.GradientTransformation]],
+                  optax.GradientTransformation]
+  description: str
+  rate: Optional[Callable[[Any, Any], jax.Array]] = None
+  eval_params: Optional[Callable[[Any, Any], Any]] = None
+
+
+SWEEP_FAMILIES = ("base", "hd", "peer")
+SWEEP_METHODS: dict = {}
+# Named subsets for --methods; every registered name is also a group of one.
+SWEEP_GROUPS: dict = {}
+
+
+def register(name: str, family: str, build, description: str, *,
+             rate=None, eval_params=None, groups=()) -> SweepMethod:
+  """Adds a method to the sweep's registry (and to ``groups``).
+
+  Example: a candidate default rule, run from every α0 of the grid::
+
+    methods.register(
+        "hg_h100", "hd",
+        lambda a, base: hgo.hypergradient(base(a), horizon=100),
+        "hypergradient(base, horizon=100)", groups=("candidates",))
+
+  Args:
+    name: a new name (letters, digits, ``_``, ``-``).
+    family: one of ``'base'``, ``'hd'``, ``'peer'``.
+    build: ``(alpha0, base) -> GradientTransformation``.
+    description: one line.
+    rate: optional ``(state, alpha0) -> scalar``.
+    eval_params: optional ``(state, params) -> params``.
+    groups: the groups it joins (created when new).
+
+  Returns:
+    The :class:`SweepMethod`.
+
+  Raises:
+    ValueError: a bad family or a name already taken.
+  """
+  if family not in SWEEP_FAMILIES:
+    raise ValueError(f"family must be one of {', '.join(SWEEP_FAMILIES)}; "
+                     f"got {family!r}.")
+  if name in SWEEP_METHODS or name in SWEEP_GROUPS:
+    raise ValueError(f"method name {name!r} is already registered.")
+  method = SweepMethod(name, family, build, description, rate, eval_params)
+  SWEEP_METHODS[name] = method
+  for group in (family, "all") + tuple(groups):
+    SWEEP_GROUPS[group] = SWEEP_GROUPS.get(group, ()) + (name,)
+  return method
+
+
+def auto_rate(state, alpha0):
+  """The rate of the last step: a hypergradient state's (effective rate,
+  schedules included), else an ``inject_hyperparams`` ``learning_rate``,
+  else NaN."""
+  del alpha0
+  try:
+    rate = hgo.get_learning_rate(state)
+  except (ValueError, KeyError, TypeError, AttributeError):
+    rate = None
+  if rate is None:
+    kinds = (optax.InjectHyperparamsState,
+             optax.InjectStatefulHyperparamsState)
+    for node in jax.tree.leaves(state,
+                                is_leaf=lambda x: isinstance(x, kinds)):
+      if isinstance(node, kinds):
+        rate = node.hyperparams.get("learning_rate")
+        break
+  if rate is None:
+    return jnp.float32(jnp.nan)
+  return jnp.asarray(rate, jnp.float32).reshape(-1)[0]
+
+
+def _register_defaults():
+  default = ("default",)
+  register("base", "base", lambda a, base: base(a),
+           "the task's base optimizer at a constant (or scheduled peak) rate",
+           groups=default)
+  register("hypergradient", "hd", lambda a, base: hgo.hypergradient(base(a)),
+           "hypergradient(base(α0)): the wrapper's untuned defaults, around "
+           "the task's base (its schedule included)", groups=default)
+  for horizon in (1, 100, 300, 1000):
+    register(f"hypergradient_h{horizon}", "hd",
+             lambda a, base, horizon=horizon: hgo.hypergradient(
+                 base(a), horizon=horizon),
+             f"hypergradient(base(α0), horizon={horizon}): the discounted "
+             "tangent over about that many steps (1: the one-step rule)",
+             groups=("horizon",))
+  register("adam_hd", "hd", lambda a, base: hgo.adam_hd(a, BETA_ADAM),
+           f"adam_hd(α0, {BETA_ADAM:g}): the paper's additive Adam-HD",
+           groups=default)
+  register("adam_hd_mult", "hd",
+           lambda a, base: hgo.adam_hd(a, BETA_MULTIPLICATIVE,
+                                       rule="multiplicative"),
+           f"adam_hd(α0, {BETA_MULTIPLICATIVE:g}, rule='multiplicative')",
+           groups=default)
+  register("sgd_hd", "hd", lambda a, base: hgo.sgd_hd(a, BETA_SGD),
+           f"sgd_hd(α0, {BETA_SGD:g}): the paper's SGD-HD")
+  register("sgdn_hd", "hd",
+           lambda a, base: hgo.sgd_hd(a, BETA_SGD, momentum=MOMENTUM,
+                                      nesterov=True),
+           f"sgd_hd(α0, {BETA_SGD:g}, Nesterov μ={MOMENTUM:g}): SGDN-HD")
+  register("sgd_hd_mult", "hd",
+           lambda a, base: hgo.sgd_hd(a, BETA_MULTIPLICATIVE,
+                                      rule="multiplicative"),
+           "sgd_hd, multiplicative rule")
+  peers = {
+      "prodigy": (lambda: contrib.prodigy(),
+                  _field_rate(contrib.ProdigyState, "estim_lr"), None),
+      "dadapt_adamw": (lambda: contrib.dadapt_adamw(),
+                       _field_rate(contrib.DAdaptAdamWState, "estim_lr"),
+                       None),
+      "dog": (lambda: contrib.dog(), _no_rate, None),
+      "mechanize": (lambda: contrib.mechanize(optax.adam(1.0)),
+                    _field_rate(contrib.MechanicState, "s"), None),
+      "cocob": (lambda: contrib.cocob(), _no_rate, None),
+      "schedule_free_adamw": (lambda: contrib.schedule_free_adamw(),
+                              _no_rate, _schedule_free_eval),
+  }
+  for name, (make, rate, eval_params) in peers.items():
+    register(name, "peer", lambda a, base, make=make: make(),
+             f"optax.contrib.{name}() at its defaults", rate=rate,
+             eval_params=eval_params, groups=default)
+
+
+_register_defaults()
+
+
+def parse_sweep_methods(spec: str) -> tuple[str, ...]:
+  """``'base,hypergradient'``, a group (``default``, ``hd``, ``peer``,
+  ``all``...) or a mix; the base is always included (it defines regret).
+
+  Raises:
+    ValueError: naming the unknown method and listing the known ones.
+  """
+  names = []
+  for item in (s.strip() for s in spec.split(",")):
+    if not item:
+      continue
+    if item in SWEEP_GROUPS:
+      names.extend(SWEEP_GROUPS[item])
+    elif item in SWEEP_METHODS:
+      names.append(item)
+    else:
+      raise ValueError(
+          f"unknown method {item!r}; choose from {', '.join(SWEEP_METHODS)} "
+          f"or a group ({', '.join(SWEEP_GROUPS)}).")
+  if not names:
+    raise ValueError("no method given.")
+  base = [n for n in SWEEP_METHODS if SWEEP_METHODS[n].family == "base"]
+  return tuple(dict.fromkeys(base[:1] + names))

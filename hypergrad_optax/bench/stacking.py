@@ -1,4 +1,5 @@
-"""Stacked hyper-optimizers and JVP hyperparameter adaptation on MNIST.
+"""``hypergrad-bench stacking``: stacked hyper-optimizers and JVP
+hyperparameter adaptation on MNIST.
 
 Two measurements for ``docs/beyond.md`` (issue 4):
 
@@ -12,7 +13,7 @@ four orders of magnitude, for
   itself adapts, by the wrapper's scale-free multiplicative rule (0.1);
 * ``L3``: as L2, with the wrapper's 0.1 adapted by a third level,
   ``hypergradient(optax.sgd(β), hyper_optimizer=hypergradient(optax.sgd(0.1)))``;
-* ``L3-capped``: L3 with ``max_rate=10`` on the third level, so that level
+* ``L3-capped``: L3 with ``max_scale=10`` on the third level, so that level
   2's multiplicative rate ``0.1 s_3`` stays <= 1;
 * ``L2-noguard``, ``L3-noguard``: L2 and L3 with ``overshoot_guard=False``
   in the wrappers;
@@ -26,6 +27,10 @@ stack is compared with L1's.
 ``adapt``: Adam, Adam-HD and ``adapt_hyperparams`` (learning rate, b1, b2,
 with Adam as the hyper-optimizer): final-epoch loss and the adapted values.
 
+Every run goes through the benchmark's one training loop
+(:func:`hypergrad_optax.bench.train.train`; ``cost`` times its
+:func:`~hypergrad_optax.bench.train.scan_steps` directly).
+
 ``cost``: seconds per training step (gradient + update, one jitted
 ``lax.scan`` of steps) of ``adapt_hyperparams`` over Adam against plain
 ``adam_hd``, measured side by side in one process: warm-up, then alternating
@@ -33,12 +38,10 @@ rounds, ratio of the medians.
 
 Usage::
 
-  python benchmarks/stacking.py sweep --data-dir /work/data/mnist \\
-      --task logreg --epochs 3
-  python benchmarks/stacking.py sweep --data-dir /work/data/mnist \\
-      --task mlp --epochs 1
-  python benchmarks/stacking.py cost --data-dir /work/data/mnist
-  python benchmarks/stacking.py adapt --data-dir /work/data/mnist --epochs 3
+  hypergrad-bench stacking sweep --data-dir DIR --task logreg --epochs 3
+  hypergrad-bench stacking sweep --data-dir DIR --task mlp --epochs 1
+  hypergrad-bench stacking cost --data-dir DIR
+  hypergrad-bench stacking adapt --data-dir DIR --epochs 3
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def stacks(gamma: float) -> dict:
           hyper_optimizer=hgo.hypergradient(
               optax.sgd(b),
               hyper_optimizer=hgo.hypergradient(optax.sgd(0.1),
-                                                max_rate=10.0))),
+                                                max_scale=10.0))),
       # The same without the wrapper's overshoot guard, which for a scalar
       # "parameter" (β) fires on every sign flip of a growing hypergradient.
       "L2-noguard": lambda a, b, wd: hgo.sgd_hd(
@@ -144,18 +147,16 @@ def _print_table(args, results) -> None:
     print(f"| {name} | {cells} | {spread[name]:.4f} | {ratio:.2f} |")
 
 
-def _step_fn(loss_fn, tx, steps):
-  @jax.jit
-  def run(params, state, xs, ys):
-    def step(carry, batch):
-      params, state = carry
-      grads = jax.grad(loss_fn)(params, *batch)
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-    (params, state), _ = jax.lax.scan(step, (params, state), (xs, ys),
-                                      length=steps)
-    return params, state
-  return run
+def _step_fn(loss_fn, tx):
+  """The training loop's jitted scan, without the per-step rate."""
+  run = jax.jit(train_lib.scan_steps(loss_fn, tx, methods_lib._no_rate, 0.0))  # pylint: disable=protected-access
+
+  def step(params, state, xs, ys):
+    # xs, ys are the minibatches themselves: index them in order.
+    batches = jnp.arange(xs.shape[0] * xs.shape[1]).reshape(xs.shape[:2])
+    return run(params, state, xs.reshape((-1,) + xs.shape[2:]),
+               ys.reshape(-1), batches)[:2]
+  return step
 
 
 def cost(args) -> dict:
@@ -180,7 +181,7 @@ def cost(args) -> dict:
   }
   runs = {}
   for name, tx in optimizers.items():
-    run, state = _step_fn(loss_fn, tx, steps), tx.init(params)
+    run, state = _step_fn(loss_fn, tx), tx.init(params)
     jax.block_until_ready(run(params, state, xs, ys))  # compile + warm up
     runs[name] = (run, state)
   times = {name: [] for name in optimizers}
@@ -204,8 +205,6 @@ def adapt(args) -> dict:
   dataset = data_lib.load("mnist", args.data_dir)
   model = MODELS[args.task]()
   loss_fn = models_lib.cross_entropy(model)
-  x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-  steps = len(dataset.x_train) // 128
   optimizers = {
       "adam": optax.adam(ALPHA0),
       "adam_hd (β=1e-7)": hgo.adam_hd(ALPHA0, 1e-7),
@@ -216,34 +215,24 @@ def adapt(args) -> dict:
   }
   results = {}
   for name, tx in optimizers.items():
-    params = model.init(jax.random.key(args.seed), dataset.x_train.shape[1:])
-    state = tx.init(params)
-
-    @jax.jit
-    def epoch(params, state, batches, tx=tx):
-      def step(carry, idx):
-        params, state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
-        updates, state = tx.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
-      return jax.lax.scan(step, (params, state), batches)
-
-    rng = np.random.default_rng(args.seed)
-    for _ in range(args.epochs):
-      order = rng.permutation(len(dataset.x_train))[:steps * 128]
-      (params, state), losses = epoch(params, state,
-                                      jnp.asarray(order.reshape(steps, 128)))
+    method = methods_lib.Method(name, "hd", lambda a, b, wd, tx=tx: tx, None,
+                                methods_lib._no_rate, None, name)  # pylint: disable=protected-access
+    run = train_lib.train(dataset, model, method, alpha0=ALPHA0, beta=None,
+                          epochs=args.epochs, batch_size=128, seed=args.seed,
+                          weight_decay=0.0, progress=False, loss_fn=loss_fn)
+    state = run.state
     values = ({k: float(state.inner_state.hyperparams[k])
                for k in ("learning_rate", "b1", "b2")}
               if isinstance(state, hgo.AdaptHyperparamsState) else {})
-    results[name] = {"loss": float(np.mean(losses)), **values}
+    results[name] = {"loss": run.final_loss_epoch, **values}
     print(f"{args.task} {name}: final-epoch loss {results[name]['loss']:.4f}"
           f" {values}", flush=True)
   return results
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="hypergrad-bench stacking",
+                                   description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("sweep", help="final loss over a β grid")
   p.add_argument("--data-dir", required=True)
@@ -274,6 +263,7 @@ def main(argv=None) -> None:
     with open(args.json, "w") as f:
       json.dump({"args": {k: v for k, v in vars(args).items()},
                  "results": results}, f, indent=1)
+  return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""hgo.diagnose: the rule's signals, against hand-computed values."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hypergrad_optax as hgo
+
+
+def _after_one_step():
+  tx = hgo.hypergradient(optax.sgd(0.1))
+  params = jnp.array([1.0, -2.0])
+  state = tx.init(params)
+  _, state = tx.update(2 * params, state, params)  # g_0 = (2, -4), ũ_0 = (-.2, .4)
+  return tx, params, state
+
+
+def test_signals_by_hand():
+  _, _, state = _after_one_step()
+  info = hgo.diagnose(jnp.array([1.0, 1.0]), state)
+  # h = g_1·ũ_0 = -0.2 + 0.4; ‖g_1‖ = √2, ‖ũ_0‖ = √0.2; A = ‖g_0‖‖ũ_0‖ = √20 √0.2.
+  np.testing.assert_allclose(info["hypergradient"], 0.2, rtol=1e-6)
+  np.testing.assert_allclose(info["cosine"], 0.2 / (np.sqrt(2) * np.sqrt(0.2)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(info["bound"], 2.0, rtol=1e-6)
+  assert not bool(info["overshoot"])
+
+
+def test_overshoot_flag_matches_the_guard():
+  tx, params, state = _after_one_step()
+  grads = jnp.array([-20.0, 40.0])  # h = 4 + 16 = 20 > 3A = 6
+  info = hgo.diagnose(grads, state)
+  assert bool(info["overshoot"])
+  _, state = tx.update(grads, state, params)
+  # The guard's secant cap: s ≤ s_prev A / (A + h) = 2 / 22.
+  np.testing.assert_allclose(state.scale, 2.0 / 22.0, rtol=1e-6)
+
+
+def test_without_guard_the_bound_is_nan():
+  tx = hgo.hypergradient(optax.sgd(0.1), overshoot_guard=False)
+  params = jnp.array([1.0, -2.0])
+  state = tx.init(params)
+  _, state = tx.update(2 * params, state, params)
+  info = hgo.diagnose(jnp.array([1.0, 1.0]), state)
+  assert np.isnan(info["bound"]) and not bool(info["overshoot"])
+
+
+def test_alias_state_is_refused():
+  tx = hgo.sgd_hd(0.1)
+  state = tx.init(jnp.zeros(2))
+  with pytest.raises(ValueError, match="diagnose reads the state of hypergradient"):
+    hgo.diagnose(jnp.zeros(2), state)
