@@ -42,19 +42,21 @@ GROUPS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "adam": {
         "adam": lambda: optax.adam(1e-3),
         "adam_hd": lambda: hgo.adam_hd(1e-3, 1e-7),
+        # The wrapper's default, horizon=300 (a discounted tangent).
         "hypergradient(adam)": lambda: hgo.hypergradient(optax.adam(1e-3)),
         "hypergradient(adam),bf16": lambda: hgo.hypergradient(
             optax.adam(1e-3), buffer_dtype=jnp.bfloat16),
-        "hypergradient(adam,h=100)": lambda: hgo.hypergradient(
-            optax.adam(1e-3), horizon=100),
+        # The paper's one-step rule (the default before 0.2.0).
+        "hypergradient(adam,h=1)": lambda: hgo.hypergradient(
+            optax.adam(1e-3), horizon=1),
     },
     "delayed": {
         "adam": lambda: optax.adam(1e-3),
         "adam_hd,delayed": lambda: hgo.adam_hd(1e-3, 1e-7, delayed=True),
         "hypergradient(adam),delayed": lambda: hgo.hypergradient(
             optax.adam(1e-3), delayed=True),
-        "hypergradient(adam,h=100),delayed": lambda: hgo.hypergradient(
-            optax.adam(1e-3), horizon=100, delayed=True),
+        "hypergradient(adam,h=1),delayed": lambda: hgo.hypergradient(
+            optax.adam(1e-3), horizon=1, delayed=True),
     },
     "sgd": {
         "sgd": lambda: optax.sgd(1e-3),
