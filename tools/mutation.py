@@ -119,9 +119,7 @@ MUTANTS = (
       "jnp.where(new > 0, 1.0, 0) * decay",
       ("tests/test_rules.py",)),
     M("curvature correction dropped", "_core.py",
-      "tangent = decay_tangent(previous, tangent, old_rate, rate,\n"
       "                                tangent_decay, granularity, correction)",
-      "tangent = decay_tangent(previous, tangent, old_rate, rate,\n"
       "                                tangent_decay, granularity, None)",
       ("tests/test_rules.py",)),
     M("curvature correction without the rate", "_core.py",
