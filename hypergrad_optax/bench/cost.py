@@ -230,7 +230,8 @@ def compiled_cost(tx: optax.GradientTransformation, workload: Workload,
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   analysis = analysis or {}
-  return {key: float(analysis.get(key, float("nan")))
+  # XLA leaves out a count of zero.
+  return {key: float(analysis.get(key, 0.0))
           for key in ("bytes accessed", "flops", "transcendentals")}
 
 
