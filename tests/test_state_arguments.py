@@ -167,8 +167,8 @@ def test_adam_hd_with_adam_on_the_rate_matches_numpy(x64):
 
 # ---------------------------------------------------------- the structure
 
-_LIBRARY_MESSAGE = ("The gradients' tree structure differs from the one the "
-                    "optimizer state was initialised with")
+# The library's own words (jax's tree errors say "Dict key mismatch" etc.).
+_LIBRARY_MESSAGE = "The gradients' tree structure differs from "
 
 
 @pytest.mark.parametrize("make_tx", [
@@ -344,3 +344,77 @@ def test_adapt_hyperparams_stacked_on_the_wrapper_by_hand(x64):
                                rtol=1e-12)
     np.testing.assert_allclose(state.hyper_state.scale, s, rtol=1e-12)
   assert abs(s - 1.0) > 1e-2 and abs(phi - np.log(mu0 / (1 - mu0))) > 1e-3
+
+
+# ---------------------------------------------------------------- memory
+
+
+@_ADAM
+def test_recomputed_previous_direction_keeps_no_buffer():
+  """Documented memory: heavy-ball SGD-HD and Adam-HD recompute d_{t-1}
+  from the direction's state (no buffer); Nesterov and AdamW store it."""
+  params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+  for tx in (hgo.sgd_hd(0.1, momentum=0.9), hgo.adam_hd(0.1)):
+    state = tx.init(params)
+    for _ in range(2):
+      _, state = tx.update(params, state, params)
+      assert state.previous_direction == ()
+  for tx in (hgo.sgd_hd(0.1, momentum=0.9, nesterov=True), hgo.sgd_hd(0.1),
+             hgo.adamw_hd(0.1)):
+    state = tx.init(params)
+    assert jax.tree.map(jnp.shape, state.previous_direction) == {
+        "w": (2, 3), "b": (3,)}
+
+
+# ------------------------------------------------------------ axis_name
+
+_N = 4  # shards of the vmapped "device" axis
+
+
+@pytest.mark.parametrize("make_tx", [
+    lambda **kw: hgo.hypergradient(optax.sgd(0.1), 1.0, rule="additive",
+                                   granularity="per-tensor", **kw),
+    lambda **kw: hgo.hypergradient(optax.sgd(0.1), **kw),
+    lambda **kw: hgo.sgd_hd(0.05, 0.05, momentum=0.5, **kw),
+    lambda **kw: hgo.adapt_hyperparams(
+        optax.sgd, ("learning_rate", "momentum"), 1.0,
+        hyperparams=dict(learning_rate=0.05, momentum=0.5), **kw),
+], ids=["wrap-additive-per-tensor", "wrap-default", "sgdm_hd", "adapt"])
+def test_axis_name_sums_over_shards_like_one_device(x64, make_tx):
+  """Every leaf split in 4 along dim 0 over a vmapped axis: with axis_name
+  the dot products are summed over it, so each shard's rate is the
+  unsharded run's (a comparison, not a type check)."""
+  del x64
+  rng = np.random.default_rng(0)
+  curvature = {"w": rng.uniform(0.5, 3, (8, 3)), "b": rng.uniform(0.5, 3, 8)}
+  target = {"w": rng.normal(size=(8, 3)), "b": rng.normal(size=8)}
+  grad = lambda p, c, t: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
+      lambda p, c, t: c * (p - t), p, c, t)
+  params = jax.tree.map(jnp.zeros_like, target)
+
+  def run(tx, params, curvature, target, state):
+    for _ in range(4):
+      updates, state = tx.update(grad(params, curvature, target), state,
+                                 params)
+      params = optax.apply_updates(params, updates)
+    return params, state
+
+  tx = make_tx()
+  want_params, want_state = run(tx, params, curvature, target,
+                                tx.init(params))
+  split = lambda a: a.reshape(_N, a.shape[0] // _N, *a.shape[1:])  # pylint: disable=unnecessary-lambda-assignment
+  local_tx = make_tx(axis_name="x")
+  state = jax.tree.map(
+      lambda a: jnp.broadcast_to(a, (_N,)) if a.ndim == 0 else split(a),
+      local_tx.init(params))
+  got_params, got_state = jax.vmap(
+      lambda *args: run(local_tx, *args), axis_name="x")(
+          *jax.tree.map(split, (params, curvature, target)), state)
+  for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+    np.testing.assert_allclose(a.reshape(b.shape), b, rtol=1e-12)
+  rate = lambda s: (s.unconstrained if isinstance(  # pylint: disable=unnecessary-lambda-assignment
+      s, hgo.AdaptHyperparamsState) else s[1])
+  for a, b in zip(jax.tree.leaves(rate(got_state)),
+                  jax.tree.leaves(rate(want_state))):
+    np.testing.assert_allclose(a, np.broadcast_to(b, a.shape), rtol=1e-12)
+    assert not np.allclose(b, jax.tree.leaves(rate(tx.init(params)))[0])

@@ -1,0 +1,94 @@
+"""The 0.2.0 default holds where the one-step rule collapses (issue 10).
+
+A seeded noise-dominated regression: a small tanh MLP on a Friedman #1
+problem (Friedman, 1991) with 256 examples and small minibatches, against the
+best constant Adam rate of a small grid found inside the test.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hypergrad_optax as hgo
+
+# optax.adam is not strict-clean (see conftest.py).
+pytestmark = pytest.mark.standard_promotion
+
+N = 256
+GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(N, 5))
+  y = (10 * np.sin(np.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2
+       + 10 * x[:, 3] + 5 * x[:, 4] + rng.normal(size=N))
+  x = (x - x.mean(0)) / x.std(0)
+  return jnp.asarray(x, jnp.float32), jnp.asarray((y - y.mean()) / y.std(),
+                                                  jnp.float32)
+
+
+def _loss(params, x, y):
+  hidden = jnp.tanh(x @ params["w1"] + params["b1"])
+  return jnp.mean((hidden @ params["w2"] + params["b2"] - y) ** 2)
+
+
+def _train(make_tx, lr, steps, batch):
+  """Final full-data loss, first-epoch loss and last effective rate."""
+  x, y = _data()
+  key = jax.random.PRNGKey(0)
+  k1, k2 = jax.random.split(key)
+  params = {"w1": jax.random.normal(k1, (5, 32)) / np.sqrt(5),
+            "b1": jnp.zeros(32),
+            "w2": jax.random.normal(k2, (32,)) / np.sqrt(32),
+            "b2": jnp.zeros([])}
+  tx = make_tx(lr)
+  batches = jax.random.randint(jax.random.PRNGKey(1), (steps, batch), 0, N)
+
+  def step(carry, idx):
+    params, state = carry
+    grads = jax.grad(_loss)(params, x[idx], y[idx])
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  start = _loss(params, x, y)
+  (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), batches)
+  rate = lr * state.scale if hasattr(state, "scale") else lr
+  return _loss(params, x, y), start, rate
+
+
+def _constant(steps, batch):
+  train = jax.jit(jax.vmap(lambda lr: _train(optax.adam, lr, steps, batch)))
+  losses, _, _ = train(jnp.asarray(GRID))
+  best = int(np.argmin(np.asarray(losses)))
+  return float(losses[best]), GRID[best]
+
+
+def _adapted(steps, batch, **kwargs):
+  train = jax.jit(lambda lr: _train(
+      lambda a: hgo.hypergradient(optax.adam(a), **kwargs), lr, steps, batch))
+  return [tuple(map(float, train(lr))) for lr in (1e-3, 1e-2)]
+
+
+def test_default_matches_the_best_constant_rate_under_noise():
+  """From 1e-3 and 1e-2 the default ends within 1.25x of the best constant
+  rate's loss (1,500 steps at batch 16). Fails with the rule switched off
+  (hyper_lr=0: Adam at 1e-3 ends 2.6x above)."""
+  best_loss, _ = _constant(1500, 16)
+  for final, start, _ in _adapted(1500, 16):
+    assert final < 0.1 * start, (final, start)
+    assert final <= 1.25 * best_loss, (final, best_loss)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (issue 10): over 4,000 steps at batch 32 the rate of the default "
+    "(horizon=300) falls to about 2e-5 and the one-step rule's to 2e-4, "
+    "against a best constant rate of 3e-2: the short-horizon bias is slowed, "
+    "not removed. Strict, so that a fix is noticed."))
+def test_default_rate_stays_within_10x_of_the_best_constant_on_a_long_run():
+  best_loss, best_rate = _constant(4000, 32)
+  for final, _, rate in _adapted(4000, 32):
+    assert best_rate / 10 <= rate <= best_rate * 10, (rate, best_rate)
+    assert final <= 1.25 * best_loss, (final, best_loss)
