@@ -1,4 +1,4 @@
-"""The 0.2.0 default holds where the one-step rule collapses (issue 10).
+"""``horizon=300``, the option for long noisy runs, under minibatch noise (issue 10).
 
 A seeded noise-dominated regression: a small tanh MLP on a Friedman #1
 problem (Friedman, 1991) with 256 examples and small minibatches, against the
@@ -72,23 +72,24 @@ def _adapted(steps, batch, **kwargs):
   return [tuple(map(float, train(lr))) for lr in (1e-3, 1e-2)]
 
 
-def test_default_matches_the_best_constant_rate_under_noise():
-  """From 1e-3 and 1e-2 the default ends within 1.25x of the best constant
+@pytest.mark.parametrize("horizon", [None, 300], ids=["default", "h300"])
+def test_matches_the_best_constant_rate_under_noise(horizon):
+  """From 1e-3 and 1e-2 the wrapper ends within 1.25x of the best constant
   rate's loss (1,500 steps at batch 16). Fails with the rule switched off
   (hyper_lr=0: Adam at 1e-3 ends 2.6x above)."""
   best_loss, _ = _constant(1500, 16)
-  for final, start, _ in _adapted(1500, 16):
+  for final, start, _ in _adapted(1500, 16, horizon=horizon):
     assert final < 0.1 * start, (final, start)
     assert final <= 1.25 * best_loss, (final, best_loss)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "open (issue 10): over 4,000 steps at batch 32 the rate of the default "
-    "(horizon=300) falls to about 2e-5 and the one-step rule's to 2e-4, "
+    "open (issue 10): over 4,000 steps at batch 32 the rate with "
+    "horizon=300 falls to about 2e-5 and the one-step rule's to 2e-4, "
     "against a best constant rate of 3e-2: the short-horizon bias is slowed, "
     "not removed. Strict, so that a fix is noticed."))
-def test_default_rate_stays_within_10x_of_the_best_constant_on_a_long_run():
+def test_h300_rate_stays_within_10x_of_the_best_constant_on_a_long_run():
   best_loss, best_rate = _constant(4000, 32)
-  for final, _, rate in _adapted(4000, 32):
+  for final, _, rate in _adapted(4000, 32, horizon=300):
     assert best_rate / 10 <= rate <= best_rate * 10, (rate, best_rate)
     assert final <= 1.25 * best_loss, (final, best_loss)

@@ -86,12 +86,14 @@ _CASES = [
     pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=1,
                                            delayed=True), 18,
                  id="hypergradient(adam, horizon=1)-delayed", marks=_ADAM),
-    # The default horizon (a discounted tangent): Z_{t-1} read once more to
+    # A longer horizon (a discounted tangent): Z_{t-1} read once more to
     # decay it.
-    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3)), 19,
-                 id="hypergradient(adam)", marks=_ADAM),
-    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), delayed=True),
-                 19, id="hypergradient(adam)-delayed", marks=_ADAM),
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=300), 19,
+                 id="hypergradient(adam, horizon=300)", marks=_ADAM),
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=300,
+                                           delayed=True),
+                 19, id="hypergradient(adam, horizon=300)-delayed",
+                 marks=_ADAM),
 ]
 
 
