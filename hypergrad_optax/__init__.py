@@ -31,6 +31,5 @@ __all__ = (
     "diagnose",
     "get_learning_rate",
     "hypergradient",
-    "rules",
     "sgd_hd",
 )

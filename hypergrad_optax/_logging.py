@@ -132,6 +132,12 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
     >>> info = hgo.diagnose(-2 * params, state)           # g_1 = -g_0
     >>> print(f"{info['cosine']:.2f}")
     1.00
+
+  References:
+    Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent
+    <https://arxiv.org/abs/1703.04782>`_, ICLR 2018; Wu et al.,
+    `Understanding Short-Horizon Bias in Stochastic Meta-Optimization
+    <https://arxiv.org/abs/1803.02021>`_, ICLR 2018.
   """
   state = find_state(opt_state)
   if not isinstance(state, ScaleByHypergradientState):
