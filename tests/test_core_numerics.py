@@ -35,6 +35,12 @@ _KEYS = ("b", "w")  # jax flattens dicts in sorted key order
 OVERSHOOT_RATIO = 3.0
 
 
+def _one_step_wrapper(*args, **kwargs):
+  """The wrapper with the paper's one-step hypergradient (horizon=1), which
+  the reference below transcribes (the default horizon is longer)."""
+  return hgo.hypergradient(*args, horizon=1, **kwargs)
+
+
 def _grad(params):
   return {k: _CURVATURE[k] * (params[k] - _TARGET[k]) for k in _KEYS}
 
@@ -310,7 +316,7 @@ def test_wrapper_matches_paper_equations(x64, inner, granularity, rule,
                                          guard):
   make_inner, hp = _INNER[inner]
   beta = 0.5 if rule == "additive" else 0.3
-  tx = hgo.hypergradient(make_inner(), beta, rule=rule,
+  tx = _one_step_wrapper(make_inner(), beta, rule=rule,
                          granularity=granularity, overshoot_guard=guard)
   with jax.numpy_dtype_promotion("standard"):  # optax's Adam
     lib = library_run(tx, steps=3)
@@ -344,7 +350,7 @@ def test_wrapper_guard_caps_like_the_reference(x64, inner, granularity, rule):
   # A small additive β: a large one already cuts the rate below the cap.
   beta = 1e-3 if rule == "additive" else 0.3
   steps = 8
-  tx = hgo.hypergradient(make_inner(), beta, rule=rule,
+  tx = _one_step_wrapper(make_inner(), beta, rule=rule,
                          granularity=granularity)
   with jax.numpy_dtype_promotion("standard"):  # optax's Adam
     lib = library_run(tx, steps=steps)
@@ -376,7 +382,7 @@ def test_alias_guard_caps_like_the_reference(x64, kind, rule):
 
 def _overshooting_sgd(guard, lr):
   """SGD on the quadratic with a step that overshoots (cα > 2 for most c)."""
-  return hgo.hypergradient(optax.sgd(lr), 0.1, overshoot_guard=guard)
+  return _one_step_wrapper(optax.sgd(lr), 0.1, overshoot_guard=guard)
 
 
 def _first_overshoot_by_hand(lr):
@@ -415,8 +421,8 @@ def test_overshoot_guard_ignores_a_moderate_overshoot(x64):
 
 def test_overshoot_guard_idle_without_overshoot(x64):
   # A small inner rate never overshoots: the guard must change nothing.
-  on = library_run(hgo.hypergradient(optax.sgd(0.01), 0.1), steps=5)
-  off = library_run(hgo.hypergradient(optax.sgd(0.01), 0.1,
+  on = library_run(_one_step_wrapper(optax.sgd(0.01), 0.1), steps=5)
+  off = library_run(_one_step_wrapper(optax.sgd(0.01), 0.1,
                                       overshoot_guard=False), steps=5)
   for a, b in zip(on[1], off[1]):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -430,7 +436,7 @@ def test_overshoot_guard_idle_without_overshoot(x64):
 def test_additive_wrapper_equals_sgd_hd(x64, momentum):
   a0, beta = 0.05, 0.02
   alias = hgo.sgd_hd(a0, beta, momentum=momentum, min_rate=None)
-  wrapped = hgo.hypergradient(optax.sgd(a0, momentum=momentum),
+  wrapped = _one_step_wrapper(optax.sgd(a0, momentum=momentum),
                               rule="additive", hyper_lr=beta / a0 ** 2,
                               min_scale=None, overshoot_guard=False)
   p1, r1, _ = library_run(alias, steps=4)
@@ -447,7 +453,7 @@ def test_additive_wrapper_equals_adam_hd(x64, granularity):
   a0, beta = 0.05, 2e-3
   alias = hgo.adam_hd(a0, beta, b1=0.8, b2=0.9, eps=1e-3,
                       granularity=granularity)
-  wrapped = hgo.hypergradient(optax.adam(a0, b1=0.8, b2=0.9, eps=1e-3),
+  wrapped = _one_step_wrapper(optax.adam(a0, b1=0.8, b2=0.9, eps=1e-3),
                               rule="additive", hyper_lr=beta / a0 ** 2,
                               granularity=granularity, overshoot_guard=False)
   p1, r1, _ = library_run(alias, steps=4)
@@ -463,7 +469,7 @@ def test_additive_wrapper_equals_adam_hd(x64, granularity):
 def test_multiplicative_wrapper_equals_multiplicative_alias(x64):
   # The multiplicative rule is unit-free: the same β on α and on s.
   alias = hgo.sgd_hd(0.05, 0.3, rule="multiplicative")
-  wrapped = hgo.hypergradient(optax.sgd(0.05), 0.3, overshoot_guard=False)
+  wrapped = _one_step_wrapper(optax.sgd(0.05), 0.3, overshoot_guard=False)
   _, r1, _ = library_run(alias, steps=4)
   _, r2, _ = library_run(wrapped, steps=4)
   for a, s in zip(r1, r2):
@@ -501,7 +507,7 @@ def test_bfloat16_buffer_by_hand(wrapper):
   # Step 2's hypergradient sees the step-1 direction rounded to bfloat16.
   a0, beta = 0.05, 0.02
   if wrapper:
-    tx = hgo.hypergradient(optax.sgd(a0), beta / a0 ** 2, rule="additive",
+    tx = _one_step_wrapper(optax.sgd(a0), beta / a0 ** 2, rule="additive",
                            buffer_dtype=jnp.bfloat16, overshoot_guard=False)
   else:
     tx = hgo.sgd_hd(a0, beta, buffer_dtype=jnp.bfloat16)
