@@ -231,7 +231,8 @@ def test_wrapper_with_log_rate_rule_matches_numpy(x64):
   del x64
   lr, c, eta, steps = 0.5, 1.5, 0.2, 6
   rule = rules.descend(rules.cosine_feedback, rules.scale_by_log_rate(eta))
-  tx = hgo.hypergradient(optax.sgd(lr), rule=rule, overshoot_guard=False)
+  tx = hgo.hypergradient(optax.sgd(lr), rule=rule, overshoot_guard=False,
+                         horizon=1)
   scales, state = _quadratic_run(tx, steps, theta0=2.0, c=c)
   theta, s, previous, sequence, want = 2.0, 1.0, 0.0, [], []
   for _ in range(steps):
@@ -271,7 +272,8 @@ def test_deprecated_bound_names_warn_and_still_act(x64):
     (dict(horizon=True), TypeError, "horizon must be an int"),
     (dict(horizon=4, curvature="yes"), TypeError,
      "curvature must be True or False"),
-    (dict(curvature=True), ValueError, "needs horizon >= 2; got horizon=1"),
+    (dict(horizon=1, curvature=True), ValueError,
+     "needs horizon >= 2; got horizon=1"),
 ])
 def test_horizon_and_curvature_validation(kwargs, error, match):
   with pytest.raises(error, match=match):

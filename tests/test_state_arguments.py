@@ -90,7 +90,7 @@ def test_wrapper_hyper_optimizer_adam_on_the_scale(x64, rule):
   """Adam (not SGD) on s: an ignored hyper_optimizer changes every step."""
   del x64
   lr, eta, steps = 0.1, 1e-2, 6
-  tx = hgo.hypergradient(optax.sgd(lr), 0.5, rule=rule,
+  tx = hgo.hypergradient(optax.sgd(lr), 0.5, rule=rule, horizon=1,
                          overshoot_guard=False,
                          hyper_optimizer=optax.adam(eta))
   states, thetas = _run(tx, steps)
@@ -313,14 +313,16 @@ def test_alias_buffer_dtype_is_the_stored_direction_dtype(make):
 
 
 def test_adapt_hyperparams_stacked_on_the_wrapper_by_hand(x64):
-  """hyper_optimizer=hypergradient(sgd(γ)): φ moves by s_t ũ_t, ũ_t = -γ h_t,
+  """hyper_optimizer=hypergradient(sgd(γ), horizon=1) (the one-step rule):
+  φ moves by s_t ũ_t, ũ_t = -γ h_t,
   and s follows the wrapper's default rule on its own hypergradient h_t ũ_{t-1}
   (multiplicative, β = 0.1, the 3A guard, s >= 0)."""
   del x64
   lr, mu0, gamma, beta, steps = 0.1, 0.6, 0.5, 0.1, 12
   tx = hgo.adapt_hyperparams(
       optax.sgd, ("momentum",), hyper_optimizer=hgo.hypergradient(
-          optax.sgd(gamma)), hyperparams=dict(learning_rate=lr, momentum=mu0))
+          optax.sgd(gamma), horizon=1),
+      hyperparams=dict(learning_rate=lr, momentum=mu0))
   states, _ = _run(tx, steps)
   theta, v, tangent = _THETA0, np.zeros(3), np.zeros(3)
   phi, s, u_prev, h_prev = np.log(mu0 / (1 - mu0)), 1.0, 0.0, 0.0
