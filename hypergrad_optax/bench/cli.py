@@ -58,19 +58,20 @@ _ALPHA0_ALLOWED = ("; give a number > 0 (e.g. 1e-3), a comma-separated list "
                    "(e.g. 1e-2,1e-3) or 'grid' (1e-1,1e-2,...,1e-6)")
 
 
-def parse_alphas(text: str) -> tuple[float, ...]:
-  """``'1e-3'``, ``'1e-2,1e-3'`` or ``'grid'`` (1e-1 ... 1e-6)."""
+def parse_alphas(text: str, grid: tuple[float, ...] = ALPHA_GRID,
+                 allowed: str = _ALPHA0_ALLOWED) -> tuple[float, ...]:
+  """``'1e-3'``, ``'1e-2,1e-3'`` or ``'grid'`` (``grid``: 1e-1 ... 1e-6)."""
   if text.strip() == "grid":
-    return ALPHA_GRID
-  values = [_number(t.strip(), "--alpha0", positive=True,
-                    allowed=_ALPHA0_ALLOWED)
+    return grid
+  values = [_number(t.strip(), "--alpha0", positive=True, allowed=allowed)
             for t in text.split(",") if t.strip()]
   if not values:
-    raise argparse.ArgumentTypeError("no value given" + _ALPHA0_ALLOWED)
+    raise argparse.ArgumentTypeError("no value given" + allowed)
   return tuple(dict.fromkeys(values))
 
 
-def _positive_int(what):
+def positive_int(what):
+  """An argparse type: an int >= 1, the message naming what it accepts."""
   def parse(text):
     try:
       value = int(text)
@@ -123,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                       f"{methods_lib.BETA_ADAM:g} Adam family; "
                       f"{methods_lib.BETA_MULTIPLICATIVE:g} multiplicative; "
                       "the wrapper's own default)")
-  parser.add_argument("--epochs", type=_positive_int("--epochs"),
+  parser.add_argument("--epochs", type=positive_int("--epochs"),
                       default=None,
                       help="epochs (default: the task's, e.g. 10 for "
                       "logreg-mnist, 100 for mlp-mnist)")
-  parser.add_argument("--batch-size", type=_positive_int("--batch-size"),
+  parser.add_argument("--batch-size", type=positive_int("--batch-size"),
                       default=128)
   parser.add_argument("--seed", type=_int, default=0)
   parser.add_argument("--weight-decay", type=lambda t: _number(

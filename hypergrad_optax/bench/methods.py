@@ -193,27 +193,32 @@ BASE_OF = {
 }
 
 
+def _expand(spec: str, methods, groups) -> list[str]:
+  """The names in ``spec`` (comma-separated methods or groups), in order."""
+  names = []
+  for item in (s.strip() for s in spec.split(",")):
+    if not item:
+      continue
+    if item in groups:
+      names.extend(groups[item])
+    elif item in methods:
+      names.append(item)
+    else:
+      raise ValueError(
+          f"unknown method {item!r}; choose from {', '.join(methods)} or a "
+          f"group ({', '.join(groups)}).")
+  if not names:
+    raise ValueError("no method given.")
+  return names
+
+
 def parse_methods(spec: str) -> tuple[str, ...]:
   """``'sgd,adam_hd'`` or a group name (``paper``, ``hd``, ``all``...).
 
   Raises:
     ValueError: naming the unknown method and listing the known ones.
   """
-  names = []
-  for item in (s.strip() for s in spec.split(",")):
-    if not item:
-      continue
-    if item in GROUPS:
-      names.extend(GROUPS[item])
-    elif item in METHODS:
-      names.append(item)
-    else:
-      raise ValueError(
-          f"unknown method {item!r}; choose from {', '.join(METHODS)} or a "
-          f"group ({', '.join(GROUPS)}).")
-  if not names:
-    raise ValueError("no method given.")
-  return tuple(dict.fromkeys(names))
+  return tuple(dict.fromkeys(_expand(spec, METHODS, GROUPS)))
 
 
 def beta_for(method: Method, beta: Optional[float]) -> Optional[float]:
@@ -381,19 +386,6 @@ def parse_sweep_methods(spec: str) -> tuple[str, ...]:
   Raises:
     ValueError: naming the unknown method and listing the known ones.
   """
-  names = []
-  for item in (s.strip() for s in spec.split(",")):
-    if not item:
-      continue
-    if item in SWEEP_GROUPS:
-      names.extend(SWEEP_GROUPS[item])
-    elif item in SWEEP_METHODS:
-      names.append(item)
-    else:
-      raise ValueError(
-          f"unknown method {item!r}; choose from {', '.join(SWEEP_METHODS)} "
-          f"or a group ({', '.join(SWEEP_GROUPS)}).")
-  if not names:
-    raise ValueError("no method given.")
+  names = _expand(spec, SWEEP_METHODS, SWEEP_GROUPS)
   base = [n for n in SWEEP_METHODS if SWEEP_METHODS[n].family == "base"]
   return tuple(dict.fromkeys(base[:1] + names))

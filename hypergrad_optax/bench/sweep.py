@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from hypergrad_optax.bench import cli
 from hypergrad_optax.bench import data as data_lib
 from hypergrad_optax.bench import methods as methods_lib
 from hypergrad_optax.bench import tasks as tasks_lib
@@ -50,36 +51,15 @@ CSV_COLUMNS = ("task", "method", "alpha0", "seed", "final_train_loss",
 TRACE_POINTS = 400
 
 
+_GRID_ALLOWED = ("; give a number > 0 (e.g. 1e-3), a comma-separated list "
+                 "(e.g. 1e-2,1e-3) or 'grid' (half decades 1e-1 ... 1e-5)")
+
+
 def _grid(text: str) -> tuple[float, ...]:
-  if text.strip() == "grid":
-    return GRID
-  values = []
-  for item in (t.strip() for t in text.split(",") if t.strip()):
-    try:
-      value = float(item)
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"--alpha0: {item!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-      raise argparse.ArgumentTypeError(
-          f"--alpha0: {item!r} must be a finite number > 0")
-    values.append(value)
-  if not values:
-    raise argparse.ArgumentTypeError("--alpha0: no value given")
-  return tuple(dict.fromkeys(values))
+  return cli.parse_alphas(text, GRID, _GRID_ALLOWED)
 
 
-def _positive_int(what):
-  def parse(text):
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"{what}: {text!r} is not an integer") from None
-    if value < 1:
-      raise argparse.ArgumentTypeError(f"{what}: {text!r} must be >= 1")
-    return value
-  return parse
+positive_int = cli.positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--alpha0", type=_grid, default=GRID,
                       help="comma-separated rates or 'grid' (default: half "
                       "decades 1e-1 ... 1e-5)")
-  parser.add_argument("--seeds", type=_positive_int("--seeds"), default=3,
+  parser.add_argument("--seeds", type=positive_int("--seeds"), default=3,
                       help="seeds 0..N-1 (default: %(default)s)")
-  parser.add_argument("--epochs", type=_positive_int("--epochs"),
+  parser.add_argument("--epochs", type=positive_int("--epochs"),
                       default=None, help="override every task's epochs")
-  parser.add_argument("--batch-size", type=_positive_int("--batch-size"),
+  parser.add_argument("--batch-size", type=positive_int("--batch-size"),
                       default=None,
                       help="override the tasks' batch sizes (default: the "
                       "task's, else 128)")
@@ -255,7 +235,10 @@ def regret_table(rows: list[dict]) -> dict:
           "worst": per_alpha[k], "worst_alpha0": worst_alpha,
           "median": float(np.median(per_alpha)),
           "best": float(np.min(per_alpha)),
-          "std_worst": float(np.std(per_seed[worst_alpha])),
+          # A diverged seed (infinite regret) has no spread to report.
+          "std_worst": (float(np.std(per_seed[worst_alpha]))
+                        if np.all(np.isfinite(per_seed[worst_alpha]))
+                        else math.nan),
           "peer": alphas == ["peer"]}
   return table
 
