@@ -273,19 +273,20 @@ def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
                      0) * decay
 
   factor = jax.tree.map(ratio, old_rate, new_rate)
-  if correction is None:
-    correction = jax.tree.map(jnp.zeros_like, tangent)
+  # The cheap tangent has no correction term: none is built or added.
+  history = tangent if correction is None else jax.tree.map(
+      lambda z, c: z + c.astype(z.dtype), tangent, correction)
 
-  def leaf(f, z, c, d):
+  def leaf(f, z, d):
     # A non-finite history (a NaN gradient once) would stay in a discounted
     # sum for good: drop it instead, as a zero rate does.
-    history = z.astype(f.dtype) + c.astype(f.dtype)
-    history = jnp.where(jnp.isfinite(history), history, 0)
-    return (f * history + d.astype(f.dtype)).astype(d.dtype)
+    z = z.astype(f.dtype)
+    z = jnp.where(jnp.isfinite(z), z, 0)
+    return (f * z + d.astype(f.dtype)).astype(d.dtype)
   if granularity == "global":
-    return jax.tree.map(lambda z, c, d: leaf(factor, z, c, d), tangent,
-                        correction, new_direction)
-  return jax.tree.map(leaf, factor, tangent, correction, new_direction)
+    return jax.tree.map(lambda z, d: leaf(factor, z, d), history,
+                        new_direction)
+  return jax.tree.map(leaf, factor, history, new_direction)
 
 
 def _curvature_step(direction, updates, inner_state, params, tangent,
@@ -403,7 +404,7 @@ def hypergradient_descent(
           lambda g, p: g + (weight_decay * p).astype(g.dtype), updates, params)
     if not store_previous:
       previous = previous_direction_fn(inner_state)
-    _validation.check_same_structure(updates, previous, "previous direction")
+    _validation.check_same_structure(updates, previous)
     signals = rate_signals(
         old_rate, updates, previous, sign=sign, granularity=granularity,
         previous_grad_norm=grad_norm if rate_rule.keeps_grad_norm else None,
@@ -482,7 +483,8 @@ def check_common(*, hyper_lr, rule, granularity, min_rate, max_rate,
                  bound_names=("min_rate", "max_rate")) -> None:
   """Construction-time checks shared by the wrapper and the aliases."""
   _validation.check_non_negative("hyper_lr", hyper_lr)
-  _validation.check_choice("rule", rule, _validation.RULES)
+  if not isinstance(rule, _rules.RateRule):
+    _validation.check_choice("rule", rule, _validation.RULES)
   _validation.check_choice("granularity", granularity,
                            _validation.GRANULARITIES)
   _validation.check_bounds(min_rate, max_rate, bound_names)

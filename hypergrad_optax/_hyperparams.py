@@ -272,7 +272,7 @@ def adapt_hyperparams(
 
   def update_fn(updates, state, params=None, **extra_args):
     count, phi, inner_state, tangents, hyper_state = state
-    _validation.check_same_structure(updates, tangents[names[0]], "tangents")
+    _validation.check_same_structure(updates, tangents[names[0]])
     h = _hypergradients(updates, tangents, phi[names[0]].dtype, axis_name)
     new_phi, hyper_state = _core.hyper_step(hyper_optimizer, hyper_state,
                                             phi, h)

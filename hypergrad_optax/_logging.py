@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hypergrad_optax import _core
 from hypergrad_optax import rules as _rules
 from hypergrad_optax._core import HypergradientState
 from hypergrad_optax._core import ScaleByHypergradientState
@@ -144,22 +145,19 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
     raise ValueError(
         "diagnose reads the state of hypergradient(...); the aliases' "
         "learning_rate is their state's learning_rate field.")
-  leaves = lambda t: jax.tree.leaves(t)  # pylint: disable=unnecessary-lambda-assignment
-  dtype = leaves(state.scale)[0].dtype
-  total = lambda a, b: sum(  # pylint: disable=unnecessary-lambda-assignment
-      (jnp.vdot(x.astype(dtype), y.astype(dtype))
-       for x, y in zip(leaves(a), leaves(b))), jnp.zeros([], dtype))
-  h = total(grads, state.previous_update)
-  grad_norm = jnp.sqrt(total(grads, grads))
-  tangent_norm = jnp.sqrt(total(state.previous_update,
-                                state.previous_update))
-  norm = grad_norm * tangent_norm
-  cosine = jnp.where(norm > 0, h / jnp.where(norm > 0, norm, 1), 0)
-  if leaves(state.previous_grad_norm):
+  dtype = jax.tree.leaves(state.scale)[0].dtype
+  # The rule's own signals, reduced over the whole model whatever the
+  # granularity (the rate passed only sets their dtype).
+  signals = _core.rate_signals(jnp.zeros([], dtype), grads,
+                               state.previous_update, sign=1.0,
+                               granularity="global")
+  stored = jax.tree.leaves(state.previous_grad_norm)
+  if stored:  # ‖g_{t-1}‖ from its per-rate pieces.
     previous = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype)))
-                            for x in leaves(state.previous_grad_norm)))
-    bound = previous * tangent_norm
+                            for x in stored))
+    bound = previous * signals.direction_norm
   else:
     bound = jnp.asarray(jnp.nan, dtype)
-  return {"hypergradient": h, "cosine": cosine, "bound": bound,
-          "overshoot": h > _rules.OVERSHOOT_RATIO * bound}
+  h = signals.hypergradient
+  return {"hypergradient": h, "cosine": _rules.cosine(signals),
+          "bound": bound, "overshoot": h > _rules.OVERSHOOT_RATIO * bound}

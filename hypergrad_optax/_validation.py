@@ -108,16 +108,12 @@ def check_bounds(min_rate: Any, max_rate: Any,
     )
 
 
-def check_same_structure(grads: Any, reference: Any, what: str) -> None:
+def check_same_structure(grads: Any, reference: Any) -> None:
   """Raises a ValueError naming both structures when they differ, or the
-  first leaf whose shape differs (its path and both shapes).
-
-  ``what`` names the state's tree in the message only where it is a stored
-  buffer the user may know of (the previous direction of the aliases that
-  recompute it from the inner state is not one; the message speaks of the
-  parameters the state was initialised with, which is true of every variant).
+  first leaf whose shape differs (its path and both shapes). The message
+  speaks of the parameters the state was initialised with, true of every
+  variant (some keep no previous direction the user would know of).
   """
-  del what
   got, expected = jax.tree.structure(grads), jax.tree.structure(reference)
   if got != expected:
     raise ValueError(

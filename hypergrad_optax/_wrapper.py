@@ -217,8 +217,7 @@ def hypergradient(
   max_scale = _renamed(max_scale, max_rate, "max_scale", "max_rate")
   _core.check_common(
       hyper_lr=hyper_lr, granularity=granularity, min_rate=min_scale,
-      max_rate=max_scale, bound_names=("min_scale", "max_scale"),
-      rule=rule if isinstance(rule, str) else "multiplicative")
+      max_rate=max_scale, bound_names=("min_scale", "max_scale"), rule=rule)
   _validation.check_positive("initial_scale", initial_scale)
   # None, not 1, by default: optax.inject_hyperparams turns every numeric
   # default into a (traced) array, and the horizon must stay static.
