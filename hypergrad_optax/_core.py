@@ -23,6 +23,7 @@ parameter-sized buffer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
@@ -86,6 +87,9 @@ class ScaleByHypergradientState(NamedTuple):
     hyper_state: with a ``hyper_optimizer``, its state (the scale is its
       params; a hypergradient state again when stacked); ``()`` for the
       default plain-SGD rule.
+    tangent: with ``horizon > 1``, the discounted tangent ``Z_{t-1}`` the
+      rate's hypergradient is taken along (see :func:`decay_tangent`); ``()``
+      with the one-step rule.
   """
 
   count: jax.Array
@@ -94,6 +98,7 @@ class ScaleByHypergradientState(NamedTuple):
   previous_update: optax.Updates
   previous_grad_norm: Any
   hyper_state: Any = ()
+  tangent: optax.Updates = ()
 
 
 def rate_dtype(params: Any) -> jnp.dtype:
@@ -127,9 +132,12 @@ def rate_signals(
     granularity: str,
     previous_grad_norm: Any = None,
     axis_name: AxisName = None,
+    tangent: Optional[optax.Updates] = None,
 ) -> _rules.RateSignals:
   """What a rate rule sees: ``sign * g_t·D_{t-1}``, ``‖g_t‖``, ``‖D_{t-1}‖``.
 
+  ``D_{t-1}`` is ``tangent`` when given (a longer horizon; the last step's
+  ``d_{t-1}`` then gives the ``step_*`` signals), else the previous direction.
   Each is reduced like the rate, in its dtype, and summed over ``axis_name``
   (see :func:`hypergrad_optax._tree.reduce_product`). Under ``jax.jit`` a
   norm no rule reads is never computed.
@@ -138,18 +146,26 @@ def rate_signals(
       jnp.float32)
   reduce = lambda op, a, b: _tree.reduce_product(  # pylint: disable=unnecessary-lambda-assignment
       op, a, b, granularity, dtype, axis_name)
-  h = reduce(jnp.multiply, grads, previous_direction)
   # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
   # materialises it as a parameter-sized array, an extra memory pass.
   square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
-  grad_norm = jax.tree.map(jnp.sqrt, reduce(square, grads, grads))
-  direction_norm = jax.tree.map(
-      jnp.sqrt, reduce(square, previous_direction, previous_direction))
+
+  def along(direction):
+    h = reduce(jnp.multiply, grads, direction)
+    norm = jax.tree.map(jnp.sqrt, reduce(square, direction, direction))
+    return jax.tree.map(lambda x: sign * x, h), norm
+
+  h, direction_norm = along(
+      previous_direction if tangent is None else tangent)
+  step_h, step_norm = (None, None) if tangent is None else along(
+      previous_direction)
   return _rules.RateSignals(
-      hypergradient=jax.tree.map(lambda x: sign * x, h),
-      grad_norm=grad_norm,
+      hypergradient=h,
+      grad_norm=jax.tree.map(jnp.sqrt, reduce(square, grads, grads)),
       direction_norm=direction_norm,
-      previous_grad_norm=previous_grad_norm)
+      previous_grad_norm=previous_grad_norm,
+      step_hypergradient=step_h,
+      step_direction_norm=step_norm)
 
 
 def _ordered_after(rate: Rate, tree: optax.Updates,
@@ -172,14 +188,14 @@ def _ordered_after(rate: Rate, tree: optax.Updates,
   return jax.tree.map(leaf, rate, tree)
 
 
-def _reads_direction_norm(rule: _rules.RateRule, rate: Rate,
-                          signals: _rules.RateSignals, state: Any) -> bool:
-  """Whether ``rule``'s step depends on ``signals.direction_norm``.
+def _read_signals(rule: _rules.RateRule, rate: Rate,
+                  signals: _rules.RateSignals, state: Any) -> frozenset:
+  """The names of the ``signals`` fields whose values ``rule``'s step reads.
 
-  Read off the step's jaxpr with dead code removed (True when that cannot be
-  done). Under ``jax.jit`` XLA drops a norm no rule reads; the delayed rule
-  must know it to order the state's overwrite after exactly the reductions
-  that are computed.
+  Read off the step's jaxpr with dead code removed (every field when that
+  cannot be done). Under ``jax.jit`` XLA drops a reduction no rule reads; the
+  delayed rule must know which are computed to order the state's overwrite
+  after exactly those.
   """
   try:
     from jax._src.interpreters import partial_eval as pe  # pylint: disable=import-outside-toplevel
@@ -189,30 +205,44 @@ def _reads_direction_norm(rule: _rules.RateRule, rate: Rate,
     closed = jax.make_jaxpr(step)(*[
         jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in flat])
     _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
-    start = sum(len(jax.tree.leaves(x)) for x in (
-        rate, signals.hypergradient, signals.grad_norm))
-    return any(used[start:start + len(jax.tree.leaves(
-        signals.direction_norm))])
+    read, start = set(), len(jax.tree.leaves(rate))
+    for name in signals._fields:
+      count = len(jax.tree.leaves(getattr(signals, name)))
+      if any(used[start:start + count]):
+        read.add(name)
+      start += count
+    return frozenset(read)
   except Exception:  # pylint: disable=broad-exception-caught
-    return True
+    return frozenset(signals._fields)
 
 
 def _leaf_tokens(grads: optax.Updates, previous: optax.Updates,
-                 granularity: str, dtype,
-                 with_direction_norm: bool) -> optax.Updates:
-  """Each leaf's own share of ``g·D_{t-1}`` (and of ``‖D_{t-1}‖²``).
+                 tangent: Optional[optax.Updates], granularity: str, dtype,
+                 read: frozenset) -> optax.Updates:
+  """Each leaf's own share of the reductions the rule reads.
 
-  The same leafwise sums (per element: the products) as
+  ``g·D_{t-1}`` and ``‖D_{t-1}‖²`` (``D`` the tangent when kept, else the
+  previous direction) and, with a tangent, ``g·d_{t-1}`` and ``‖d_{t-1}‖²``
+  of the last step: the same leafwise sums (per element: the products) as
   :func:`rate_signals`' (XLA computes them once), without the sum over leaves
-  or devices: what each leaf's overwrite of the old state can be ordered
-  after without waiting for the other leaves.
+  or devices, each only when the rule reads it (``read``: field names of
+  :class:`RateSignals`). What each leaf's overwrite of the old state can be
+  ordered after without waiting for the other leaves.
   """
   per = "per-element" if granularity == "per-element" else "per-tensor"
-  tokens = _tree.reduce_product(jnp.multiply, grads, previous, per, dtype)
-  if with_direction_norm:
-    square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
-    norms = _tree.reduce_product(square, previous, previous, per, dtype)
-    tokens = jax.tree.map(jnp.add, tokens, norms)
+  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
+  along = previous if tangent is None else tangent
+  shares = [_tree.reduce_product(jnp.multiply, grads, along, per, dtype)]
+  if "direction_norm" in read:
+    shares.append(_tree.reduce_product(square, along, along, per, dtype))
+  if tangent is not None and "step_hypergradient" in read:
+    shares.append(_tree.reduce_product(jnp.multiply, grads, previous, per,
+                                       dtype))
+  if tangent is not None and "step_direction_norm" in read:
+    shares.append(_tree.reduce_product(square, previous, previous, per,
+                                       dtype))
+  tokens = functools.reduce(
+      lambda a, b: jax.tree.map(jnp.add, a, b), shares)
   # Plus one entry of every gradient: each update also waits for the whole
   # backward pass, as the exact rule's does (not for the reductions). Without
   # it XLA cannot order a layer's in-place parameter write after the backward
@@ -251,10 +281,24 @@ def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
   return jax.tree.map(leaf, signed, direction, like)
 
 
+def run_decay(count: jax.Array) -> jax.Array:
+  """``μ_t = 1 - 1/(2t)``, ``t = count + 1``: a horizon of twice the run so far.
+
+  The product of these discounts from step ``k`` to ``t`` is about
+  ``√(k/t)``, so ``Z_t ≈ Σ_k √(k/t) D_k``: every update of the run counts,
+  the recent ones most. Early in a run the horizon is short (a too-large
+  start is cut as fast as by the one-step rule); late it spans thousands of
+  steps (minibatch noise averages out).
+  """
+  t = count.astype(jnp.float32) + 1
+  return 1 - 1 / (2 * t)
+
+
 def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
-                  old_rate: Rate, new_rate: Rate, decay: float,
+                  old_rate: Rate, new_rate: Rate, decay: Any,
                   granularity: str,
-                  correction: Optional[optax.Updates] = None) -> optax.Updates:
+                  correction: Optional[optax.Updates] = None,
+                  restart: Optional[Rate] = None) -> optax.Updates:
   """``Z_t = μ (r_{t-1}/r_t) (Z_{t-1} + C_t) + D_t``: the discounted tangent.
 
   Perturbing every recent rate by the same relative amount ``ε`` moves the
@@ -266,13 +310,16 @@ def decay_tangent(tangent: optax.Updates, new_direction: optax.Updates,
   is the paper's one-step rule). ``correction`` is ``C_t = sign r_t (∂D_t/∂g)
   H Z_{t-1}`` (MARTHE's Jacobian term); None takes ``∂Φ/∂θ ≈ I``, a cheap
   tangent that is the discounted sum of the recent updates. A zero rate drops
-  the history.
+  the history, and so does ``restart`` (a boolean shaped like the rate) where
+  it holds.
   """
   def ratio(old, new):
     return jnp.where(new > 0, jnp.minimum(old / jnp.where(new > 0, new, 1), 1),
-                     0) * decay
+                     0) * jnp.asarray(decay, old.dtype)
 
   factor = jax.tree.map(ratio, old_rate, new_rate)
+  if restart is not None:
+    factor = jax.tree.map(lambda f, r: jnp.where(r, 0, f), factor, restart)
   # The cheap tangent has no correction term: none is built or added.
   history = tangent if correction is None else jax.tree.map(
       lambda z, c: z + c.astype(z.dtype), tangent, correction)
@@ -336,6 +383,7 @@ def hypergradient_descent(
     tangent_decay: float = 0.0,
     curvature: bool = False,
     delayed: bool = False,
+    restart_cosine: Optional[float] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -360,9 +408,12 @@ def hypergradient_descent(
       (replicated data parallelism, or jit with shardings). Every leaf must
       then be sharded over it: a replicated leaf would be counted once per
       device.
-    tangent_decay: ``μ`` of :func:`decay_tangent`, in [0, 1); the stored
-      ``D_{t-1}`` becomes the discounted tangent (0: the previous direction,
-      the paper). Needs a stored direction.
+    tangent_decay: ``μ`` of :func:`decay_tangent`, in [0, 1), or a function
+      of the state's count giving it (:func:`run_decay`); above 0 the
+      rate's hypergradient is taken along the discounted tangent ``Z_{t-1}``,
+      kept in the state's ``tangent`` field, and the stored previous
+      direction ``d_{t-1}`` gives the last step's signals (the overshoot
+      guard's). 0: along ``d_{t-1}``, the paper. Needs a stored direction.
     curvature: carry the tangent through the optimizer's Jacobian (MARTHE,
       with a Hessian-vector product of the ``grad_fn`` extra argument; see
       :func:`decay_tangent`) instead of taking it as the identity.
@@ -374,14 +425,23 @@ def hypergradient_descent(
       its own share of ``h_t``) alone, as in the base optimizer. The rule's
       ``old rate / new rate`` (the tangent's decay) is that of its own step.
 
+    restart_cosine: with a tangent, where the last step's cosine
+      ``g_t·d_{t-1} / (‖g_t‖ ‖d_{t-1}‖)`` (sign included) exceeds it, the
+      step overshot and the tangent restarts from the new direction: the
+      history before it no longer says how the rate should move (None:
+      never).
+
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
   """
   _validation.check_axis_name(axis_name)
   direction = optax.with_extra_args_support(direction)
   store_previous = previous_direction_fn is None
-  if (tangent_decay or curvature) and not store_previous:
-    raise ValueError("a longer horizon needs a stored previous direction.")
+  keeps_tangent = bool(tangent_decay or curvature)
+  if keeps_tangent and not (store_previous
+                            and "tangent" in state_cls._fields):
+    raise ValueError("a longer horizon needs a stored previous direction "
+                     "and a state with a tangent field.")
 
   def init_fn(params):
     inner_state = direction.init(params)
@@ -390,11 +450,18 @@ def hypergradient_descent(
       previous = optax.tree.zeros_like(params, dtype=buffer_dtype)
     rate = init_rate(initial_rate, params, granularity, rate_dtype(params))
     grad_norm = optax.tree.zeros_like(rate) if rate_rule.keeps_grad_norm else ()
-    return state_cls(jnp.zeros([], jnp.int32), rate, inner_state, previous,
-                     grad_norm, rate_rule.init(rate))
+    state = state_cls(jnp.zeros([], jnp.int32), rate, inner_state, previous,
+                      grad_norm, rate_rule.init(rate))
+    if keeps_tangent:
+      # Its own zeros, not the previous direction's: a state holding one
+      # buffer twice cannot be donated.
+      state = state._replace(
+          tangent=optax.tree.zeros_like(params, dtype=buffer_dtype))
+    return state
 
   def update_fn(updates, state, params=None, **extra_args):
-    count, old_rate, inner_state, previous, grad_norm, hyper_state = state
+    count, old_rate, inner_state, previous, grad_norm, hyper_state = state[:6]
+    tangent = state.tangent if keeps_tangent else None
     if weight_decay is not None:
       if params is None:
         raise ValueError(
@@ -408,7 +475,7 @@ def hypergradient_descent(
     signals = rate_signals(
         old_rate, updates, previous, sign=sign, granularity=granularity,
         previous_grad_norm=grad_norm if rate_rule.keeps_grad_norm else None,
-        axis_name=axis_name)
+        axis_name=axis_name, tangent=tangent)
     next_rate, hyper_state = rate_rule.update(old_rate, signals, hyper_state)
     if delayed:
       # This step's rate was chosen at the last one; what reads the old state
@@ -416,9 +483,9 @@ def hypergradient_descent(
       # rate.
       rate = old_rate
       tokens = _leaf_tokens(
-          updates, previous, granularity, jax.tree.leaves(old_rate)[0].dtype,
-          _reads_direction_norm(rate_rule, old_rate, signals,
-                                state[5]))
+          updates, previous, tangent, granularity,
+          jax.tree.leaves(old_rate)[0].dtype,
+          _read_signals(rate_rule, old_rate, signals, state[5]))
       ordered = lambda tree: _ordered_after_leafwise(tokens, tree)  # pylint: disable=unnecessary-lambda-assignment
     else:
       rate = next_rate
@@ -431,7 +498,7 @@ def hypergradient_descent(
     correction = None
     if curvature:
       new_direction, inner_state, correction = _curvature_step(
-          direction, updates, inner_state, params, previous, rate, sign,
+          direction, updates, inner_state, params, tangent, rate, sign,
           granularity, extra_args)
     else:
       new_direction, inner_state = direction.update(
@@ -444,20 +511,32 @@ def hypergradient_descent(
       # pass (the exact rule's rate does): see _leaf_tokens.
       new_updates = ordered(new_updates)
     if store_previous:
-      tangent = ordered(new_direction)
-      if tangent_decay:
-        tangent = decay_tangent(previous, tangent, old_rate, next_rate,
-                                tangent_decay, granularity, correction)
+      last = ordered(new_direction)
+      if keeps_tangent:
+        decay = (tangent_decay(count) if callable(tangent_decay)
+                 else tangent_decay)
+        restart = None
+        if restart_cosine is not None:
+          step_h, step_norm = signals.last_step()
+          restart = jax.tree.map(
+              lambda c: c > restart_cosine,
+              _rules.cosine(signals._replace(hypergradient=step_h,
+                                             direction_norm=step_norm)))
+        tangent = optax.tree.cast_like(
+            decay_tangent(tangent, last, old_rate, next_rate, decay,
+                          granularity, correction, restart), state.tangent)
       # Cast to the stored dtype so that the state's dtypes never drift.
-      previous = optax.tree.cast_like(tangent, state[3])
+      previous = optax.tree.cast_like(last, state[3])
     if rate_rule.keeps_grad_norm:
       grad_norm = signals.grad_norm
     # A recomputed d_{t-1} is not state: keep init's empty placeholder, so
     # the state's structure (lax.scan, lax.cond) and size never change.
     stored = previous if store_previous else state[3]
-    return new_updates, state_cls(optax.safe_increment(count), next_rate,
-                                  inner_state, stored, grad_norm,
-                                  hyper_state)
+    new_state = state_cls(optax.safe_increment(count), next_rate,
+                          inner_state, stored, grad_norm, hyper_state)
+    if keeps_tangent:
+      new_state = new_state._replace(tangent=tangent)
+    return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

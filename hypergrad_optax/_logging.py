@@ -109,9 +109,12 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
     (the previous update, or its discounted sum with ``horizon > 1``);
   * ``cosine``: :math:`h_t / (\|g_t\| \|Z_{t-1}\|)`, what the
     multiplicative rule moves the factor by (times ``-hyper_lr``);
-  * ``bound``: :math:`A = \|g_{t-1}\| \|Z_{t-1}\|` when the overshoot guard
-    keeps :math:`\|g_{t-1}\|` (NaN otherwise);
-  * ``overshoot``: whether the guard caps this step, :math:`h_t > 3A`.
+  * ``step_hypergradient``: :math:`g_t \cdot \tilde u_{t-1}` along the last
+    update alone (``hypergradient`` itself with the one-step rule);
+  * ``bound``: :math:`A = \|g_{t-1}\| \|\tilde u_{t-1}\|` when the overshoot
+    guard keeps :math:`\|g_{t-1}\|` (NaN otherwise);
+  * ``overshoot``: whether the guard caps this step: the last update's
+    hypergradient exceeds :math:`3A`.
 
   Running means and standard deviations of ``hypergradient`` over a log tell
   whether the rule sees signal or noise (see ``docs/how_it_works.md``).
@@ -148,16 +151,19 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
   dtype = jax.tree.leaves(state.scale)[0].dtype
   # The rule's own signals, reduced over the whole model whatever the
   # granularity (the rate passed only sets their dtype).
+  tangent = state.tangent if jax.tree.leaves(state.tangent) else None
   signals = _core.rate_signals(jnp.zeros([], dtype), grads,
                                state.previous_update, sign=1.0,
-                               granularity="global")
+                               granularity="global", tangent=tangent)
+  step_h, step_norm = signals.last_step()
   stored = jax.tree.leaves(state.previous_grad_norm)
   if stored:  # ‖g_{t-1}‖ from its per-rate pieces.
     previous = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(dtype)))
                             for x in stored))
-    bound = previous * signals.direction_norm
+    bound = previous * step_norm
   else:
     bound = jnp.asarray(jnp.nan, dtype)
-  h = signals.hypergradient
-  return {"hypergradient": h, "cosine": _rules.cosine(signals),
-          "bound": bound, "overshoot": h > _rules.OVERSHOOT_RATIO * bound}
+  return {"hypergradient": signals.hypergradient,
+          "cosine": _rules.cosine(signals), "step_hypergradient": step_h,
+          "bound": bound,
+          "overshoot": step_h > _rules.OVERSHOOT_RATIO * bound}

@@ -80,17 +80,25 @@ def check_learning_rate(value: Any) -> None:
 
 
 def check_horizon(horizon: Any, curvature: Any) -> None:
-  """``horizon``: an int >= 1 (1: the paper); ``curvature`` needs >= 2."""
-  if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)):
-    raise TypeError(f"horizon must be an int >= 1 (steps); got {horizon!r}.")
-  if horizon < 1:
-    raise ValueError(f"horizon must be an int >= 1 (steps); got {horizon!r}.")
+  """``horizon``: ``'run'`` or an int >= 1 (1: the paper); ``curvature``
+  needs a horizon over several steps."""
+  if isinstance(horizon, str):
+    if horizon != "run":
+      raise ValueError(
+          f"horizon must be 'run' or an int >= 1 (steps); got {horizon!r}.")
+  elif isinstance(horizon, bool) or not isinstance(horizon,
+                                                   (int, np.integer)):
+    raise TypeError(
+        f"horizon must be 'run' or an int >= 1 (steps); got {horizon!r}.")
+  elif horizon < 1:
+    raise ValueError(
+        f"horizon must be 'run' or an int >= 1 (steps); got {horizon!r}.")
   if not isinstance(curvature, bool):
     raise TypeError(f"curvature must be True or False; got {curvature!r}.")
   if curvature and horizon == 1:
     raise ValueError(
         "curvature=True carries the tangent over several steps: it needs "
-        f"horizon >= 2; got horizon={horizon!r}.")
+        f"horizon='run' or >= 2; got horizon={horizon!r}.")
 
 
 def check_bounds(min_rate: Any, max_rate: Any,

@@ -240,9 +240,12 @@ def test_bf16_buffer_effect_on_trajectory(make_tx):
   # 1e-6 relative change of the initial float32 parameters alone moved the
   # final scale from 21.5 to 13.1 (guard at h > A), as bf16 moved it to 12.9.
   # With the guard at h > 3A both runs converge (loss 0.0039 vs 0.0045, scale
-  # 18.6 vs 22.8): the loss reached stays within tens of percent.
+  # 18.6 vs 22.8 with the one-step rule): the loss reached stays within tens
+  # of percent. The wrapper's default tangent (horizon='run') rides that edge
+  # longer: 0.0046 vs 0.0081 at step 200, 1.2e-4 vs 8.2e-5 at step 2,000,
+  # within a factor of two.
   assert early_diff < 1e-3, summary
-  assert loss_diff < 0.25, summary
+  assert loss_diff < 1.0, summary
 
 
 @pytest.mark.parametrize("make_tx", OPTIMIZERS)
@@ -269,22 +272,25 @@ def test_state_bytes_per_variant():
   bf16 = jnp.bfloat16
   # name: (optimizer, base optax optimizer's bytes, expected extra bytes).
   # The extra: a count and the rate (4 B each), plus the previous direction
-  # where stored, plus ||g_{t-1}|| with the overshoot guard (the wrapper's
-  # default), plus one rate per tensor or per element.
+  # where stored and the wrapper's tangent (its default horizon), plus
+  # ||g_{t-1}|| with the overshoot guard (the wrapper's default), plus one
+  # rate per tensor or per element.
   variants = {
       "hypergradient(sgd)": (hgo.hypergradient(optax.sgd(0.1)), sgd,
-                             4 * n + 12),
+                             8 * n + 12),
+      "hypergradient(sgd), one-step": (
+          hgo.hypergradient(optax.sgd(0.1), horizon=1), sgd, 4 * n + 12),
       "hypergradient(sgd), bf16 buffer": (
           hgo.hypergradient(optax.sgd(0.1), buffer_dtype=bf16), sgd,
-          2 * n + 12),
+          4 * n + 12),
       "hypergradient(adam)": (hgo.hypergradient(optax.adam(1e-2)), adam,
-                              4 * n + 12),
+                              8 * n + 12),
       "hypergradient(adam), per-tensor": (
           hgo.hypergradient(optax.adam(1e-2), granularity="per-tensor"),
-          adam, 4 * n + 4 + 8 * leaves),
+          adam, 8 * n + 4 + 8 * leaves),
       "hypergradient(adam), per-element": (
           hgo.hypergradient(optax.adam(1e-2), granularity="per-element"),
-          adam, 4 * n + 4 + 8 * n),
+          adam, 8 * n + 4 + 8 * n),
       "sgd_hd": (hgo.sgd_hd(0.1), sgd, 4 * n + 8),
       "sgd_hd, bf16 buffer": (hgo.sgd_hd(0.1, buffer_dtype=bf16), sgd,
                               2 * n + 8),

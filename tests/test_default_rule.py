@@ -1,4 +1,4 @@
-"""``horizon=300``, the option for long noisy runs, under minibatch noise (issue 10).
+"""The default horizon (``'run'``) and fixed horizons under minibatch noise (issue 10).
 
 A seeded noise-dominated regression: a small tanh MLP on a Friedman #1
 problem (Friedman, 1991) with 256 examples and small minibatches, against the
@@ -72,7 +72,8 @@ def _adapted(steps, batch, **kwargs):
   return [tuple(map(float, train(lr))) for lr in (1e-3, 1e-2)]
 
 
-@pytest.mark.parametrize("horizon", [None, 300], ids=["default", "h300"])
+@pytest.mark.parametrize("horizon", [None, 1, 300],
+                         ids=["default", "one-step", "h300"])
 def test_matches_the_best_constant_rate_under_noise(horizon):
   """From 1e-3 and 1e-2 the wrapper ends within 1.25x of the best constant
   rate's loss (1,500 steps at batch 16). Fails with the rule switched off
@@ -83,13 +84,28 @@ def test_matches_the_best_constant_rate_under_noise(horizon):
     assert final <= 1.25 * best_loss, (final, best_loss)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 10): over 4,000 steps at batch 32 the rate with "
-    "horizon=300 falls to about 2e-5 and the one-step rule's to 2e-4, "
-    "against a best constant rate of 3e-2: the short-horizon bias is slowed, "
-    "not removed. Strict, so that a fix is noticed."))
-def test_h300_rate_stays_within_10x_of_the_best_constant_on_a_long_run():
+def _long_run_holds(horizon):
   best_loss, best_rate = _constant(4000, 32)
-  for final, _, rate in _adapted(4000, 32, horizon=300):
+  for final, start, rate in _adapted(4000, 32, horizon=horizon):
+    assert final < 0.1 * start, (final, start)
     assert best_rate / 10 <= rate <= best_rate * 10, (rate, best_rate)
     assert final <= 1.25 * best_loss, (final, best_loss)
+
+
+def test_default_rate_stays_within_10x_of_the_best_constant_on_a_long_run():
+  """4,000 steps at batch 32 (500 epochs): the default's rate does not
+  collapse (about 5e-3 against the best constant 3e-2) and its loss ends
+  within 1.25x of the best constant rate's (1.04x and 1.15x from 1e-3 and
+  1e-2). The one-step rule's rate falls to 2e-4 there (next tests)."""
+  _long_run_holds(None)
+
+
+@pytest.mark.parametrize("horizon", [1, 300], ids=["one-step", "h300"])
+@pytest.mark.xfail(strict=True, reason=(
+    "known, kept as the reason for the default: over 4,000 steps at batch 32 "
+    "the one-step rule's rate falls to about 2e-4 and a fixed horizon=300's "
+    "to 2e-5, against a best constant rate of 3e-2 (final loss 1.8-2.2x the "
+    "best constant's): a fixed horizon slows the short-horizon bias, a "
+    "horizon that grows with the run removes it here."))
+def test_fixed_horizon_rate_collapses_on_a_long_run(horizon):
+  _long_run_holds(horizon)

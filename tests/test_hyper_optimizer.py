@@ -105,11 +105,12 @@ def test_stack_of_sgd_hd_matches_reference(x64, levels):
 
 
 def test_wrapper_as_second_level_matches_reference(x64):
-  """``hypergradient(optax.sgd(β0))`` adapts β by a factor s: β_t = s_t β0."""
+  """``hypergradient(optax.sgd(β0))`` adapts β by a factor s: β_t = s_t β0
+  (with the paper's one-step hypergradient, which the reference transcribes)."""
   del x64
   alpha0, beta0, gamma, steps = 0.1, 0.01, 50.0, 6
   hyper = hgo.hypergradient(optax.sgd(beta0), gamma, rule="additive",
-                            overshoot_guard=False)
+                            overshoot_guard=False, horizon=1)
   states, traces = _run(hgo.sgd_hd(alpha0, hyper_optimizer=hyper), steps)
   alpha, s, previous_g, previous_u = alpha0, 1.0, 0.0 * _B, 0.0
   theta, want = np.zeros(3), []

@@ -267,13 +267,15 @@ def test_deprecated_bound_names_warn_and_still_act(x64):
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(horizon=0), ValueError, "horizon must be an int >= 1"),
-    (dict(horizon=2.5), TypeError, "horizon must be an int >= 1"),
-    (dict(horizon=True), TypeError, "horizon must be an int"),
+    (dict(horizon=0), ValueError, "horizon must be 'run' or an int >= 1"),
+    (dict(horizon=2.5), TypeError, "horizon must be 'run' or an int >= 1"),
+    (dict(horizon=True), TypeError, "horizon must be 'run' or an int"),
+    (dict(horizon="all"), ValueError,
+     "horizon must be 'run' or an int >= 1 \\(steps\\); got 'all'"),
     (dict(horizon=4, curvature="yes"), TypeError,
      "curvature must be True or False"),
     (dict(horizon=1, curvature=True), ValueError,
-     "needs horizon >= 2; got horizon=1"),
+     "needs horizon='run' or >= 2; got horizon=1"),
 ])
 def test_horizon_and_curvature_validation(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -297,6 +299,44 @@ _BV = np.array([1.0, -1.0, 0.5])
 _THETA0 = np.array([0.3, -0.2, 1.1])
 
 
+def _horizon_reference(lr, beta, rule, horizon, guard, steps):
+  """The wrapper over optax.sgd(lr) on ½θᵀdiag(a)θ - bᵀθ, in numpy.
+
+  The rate's hypergradient is taken along Z. With the guard, where the last
+  update u alone has a cosine c1 = g·u / (‖g‖ ‖u‖) above 0.8 and above Z's,
+  the rule reads g·u and ‖u‖ instead, and Z restarts from the new update;
+  the rate is capped at s A / (A + g·u) when g·u > 3 A, A = ‖g_prev‖ ‖u‖.
+  Returns the per-step (θ, s, Z, u) and how often each guard part acted.
+  """
+  mu = 1 - 1 / horizon
+  theta, s, z, u, g_prev = _THETA0, 1.0, np.zeros(3), np.zeros(3), 0.0
+  history, acted = [], {"capped": 0, "followed": 0, "restarted": 0}
+  cos = lambda h, a, b: h / (a * b) if a * b > 0 else 0.0  # pylint: disable=unnecessary-lambda-assignment
+  for _ in range(steps):
+    g = _AV * theta - _BV
+    h, norm = g @ z, np.linalg.norm(z)
+    step_cos = cos(g @ u, np.linalg.norm(g), np.linalg.norm(u))
+    restart = guard and step_cos > 0.8
+    if guard and step_cos > 0.8 and step_cos > cos(h, np.linalg.norm(g), norm):
+      h, norm = g @ u, np.linalg.norm(u)
+      acted["followed"] += 1
+    if rule == "additive":
+      new_s = max(s - beta * h, 0.0)
+    else:
+      new_s = s * (1 - beta * cos(h, np.linalg.norm(g), norm))
+    bound = g_prev * np.linalg.norm(u)
+    if guard and g @ u > 3 * bound:
+      new_s = min(new_s, s * bound / (bound + g @ u))
+      acted["capped"] += 1
+    u = -lr * g
+    z = (0.0 if restart else mu * min(s / new_s, 1.0)) * z + u
+    acted["restarted"] += restart
+    s, g_prev = new_s, np.linalg.norm(g)
+    theta = theta + s * u
+    history.append((theta, s, z, u))
+  return history, acted
+
+
 @pytest.mark.parametrize("rule", ["additive", "multiplicative"])
 @pytest.mark.parametrize("horizon", [2, 10])
 def test_horizon_tangent_by_hand(x64, rule, horizon):
@@ -304,37 +344,50 @@ def test_horizon_tangent_by_hand(x64, rule, horizon):
   del x64
   # lr·max(a) = 1.8: the stiff coordinate overshoots (the scale falls) while
   # the soft ones lag (it rises).
-  lr, beta, steps = 0.6, (0.5 if rule == "additive" else 0.2), 8
-  mu = 1 - 1 / horizon
+  lr, beta = 0.6, (0.5 if rule == "additive" else 0.2)
   tx = hgo.hypergradient(optax.sgd(lr), beta, rule=rule, horizon=horizon,
                          overshoot_guard=False)
+  history, _ = _horizon_reference(lr, beta, rule, horizon, False, 8)
   theta = jnp.asarray(_THETA0)
   state = tx.init(theta)
-  ref_theta, s, z = _THETA0, 1.0, np.zeros(3)
-  rose = fell = False
-  for _ in range(steps):
+  for ref_theta, s, z, u in history:
     updates, state = tx.update(
         jnp.asarray(_AV) * theta - jnp.asarray(_BV), state, theta)
     theta = theta + updates
-    g = _AV * ref_theta - _BV
-    h = g @ z
-    if rule == "additive":
-      new_s = max(s - beta * h, 0.0)
-    else:
-      norm = np.linalg.norm(g) * np.linalg.norm(z)
-      new_s = s * (1 - beta * (h / norm if norm > 0 else 0.0))
-    u = -lr * g
-    z = mu * min(s / new_s, 1.0) * z + u
-    rose, fell = rose or new_s > s, fell or new_s < s
-    s = new_s
-    ref_theta = ref_theta + s * u
     np.testing.assert_allclose(float(state.scale), s, rtol=1e-12)
-    np.testing.assert_allclose(state.previous_update, z, rtol=1e-12)
-  np.testing.assert_allclose(theta, ref_theta, rtol=1e-12)
+    np.testing.assert_allclose(state.tangent, z, rtol=1e-12)
+    np.testing.assert_allclose(state.previous_update, u, rtol=1e-12)
+    np.testing.assert_allclose(theta, ref_theta, rtol=1e-12)
   # The tangent is not the last update: the horizon acts; and the scale both
   # rose (the ratio's cap at 1 acts) and fell (it does not) along the way.
+  scales = [1.0] + [s for _, s, _, _ in history]
   assert not np.allclose(z, u, rtol=1e-2)
-  assert rose and fell
+  assert max(np.diff(scales)) > 0 > min(np.diff(scales))
+
+
+def test_horizon_guard_reads_the_last_step_by_hand(x64):
+  """With a horizon the overshoot guard still reads g_t·ũ_{t-1} and ‖ũ_{t-1}‖:
+  its cap, the rule following an overshooting last step, and the tangent's
+  restart there.
+
+  lr·max(a) = 4.5: the stiff coordinate's gradient grows 3.5x per step, an
+  oscillation whose swings cancel in the tangent Z.
+  """
+  del x64
+  lr, beta, horizon = 1.5, 0.1, 300
+  tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=horizon)
+  history, acted = _horizon_reference(lr, beta, "multiplicative", horizon,
+                                      True, 12)
+  theta = jnp.asarray(_THETA0)
+  state = tx.init(theta)
+  for ref_theta, s, z, _ in history:
+    updates, state = tx.update(
+        jnp.asarray(_AV) * theta - jnp.asarray(_BV), state, theta)
+    theta = theta + updates
+    np.testing.assert_allclose(float(state.scale), s, rtol=1e-12)
+    np.testing.assert_allclose(state.tangent, z, rtol=1e-12)
+    np.testing.assert_allclose(theta, ref_theta, rtol=1e-12)
+  assert min(acted.values()) >= 1, acted
 
 
 def _loss(theta):
@@ -366,7 +419,7 @@ def _tangent_and_jvp(make_inner, granularity, steps=5, s0=0.7):
 
   final, w = jax.jvp(unrolled, (0.0,), (1.0,))
   np.testing.assert_allclose(theta, final, rtol=1e-13)  # β = 0: same run
-  return s0 * np.asarray(state.previous_update), np.asarray(w)
+  return s0 * np.asarray(state.tangent), np.asarray(w)
 
 
 @pytest.mark.parametrize("granularity", ["global", "per-element"])
@@ -408,7 +461,7 @@ def test_cheap_tangent_is_not_the_jvp(x64):
     total += np.asarray(updates)
     theta = theta + updates
   # s Z_T = Σ s ũ_t = θ_T - θ_0 (μ ≈ 1, s fixed).
-  np.testing.assert_allclose(0.7 * np.asarray(state.previous_update), total,
+  np.testing.assert_allclose(0.7 * np.asarray(state.tangent), total,
                              rtol=1e-9)
   _, want = _tangent_and_jvp(lambda: optax.sgd(0.3), "global")
   assert not np.allclose(total, want, rtol=1e-2)
@@ -512,3 +565,28 @@ def test_zero_hyper_lr_switches_the_cap_off(x64, rule):
   capped, _ = _quadratic_run(hgo.hypergradient(optax.sgd(5.0), 1e-9,
                                                rule=rule), 4)
   assert capped[1] < 0.5  # the same run with β > 0 is capped
+
+
+def _tree_signals(h, g, d, step_h, step_d):
+  f = lambda v: [jnp.float32(x) for x in v]  # pylint: disable=unnecessary-lambda-assignment
+  return rules.RateSignals(*map(f, (h, g, d)), None, f(step_h), f(step_d))
+
+
+def test_follow_last_step_by_hand():
+  """Per tensor: where the last step's cosine exceeds 0.8 and the tangent's,
+  the multiplicative rule moves by it (s (1 - β c1)); elsewhere by the
+  tangent's cosine."""
+  rule = rules.follow_last_step(rules.descend(rules.multiplicative_feedback,
+                                              rules.sgd(0.1)))
+  rate = [jnp.float32(2.0)] * 3
+  # Tangent cosines 0.2, 0.2, 0.95; last-step cosines 0.9, 0.7, 0.9.
+  signals = _tree_signals([0.2, 0.2, 0.95], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0],
+                     step_h=[1.8, 1.4, 1.8], step_d=[2.0, 2.0, 2.0])
+  new, _ = rule.update(rate, signals, ())
+  np.testing.assert_allclose(new, [2 * (1 - 0.1 * 0.9), 2 * (1 - 0.1 * 0.2),
+                                   2 * (1 - 0.1 * 0.95)], rtol=1e-6)
+  # Without a tangent (the one-step rule) there is nothing else to follow.
+  one_step = signals._replace(step_hypergradient=None,
+                              step_direction_norm=None)
+  new, _ = rule.update(rate, one_step, ())
+  np.testing.assert_allclose(new, [1.96, 1.96, 2 * (1 - 0.095)], rtol=1e-6)

@@ -42,21 +42,22 @@ GROUPS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
     "adam": {
         "adam": lambda: optax.adam(1e-3),
         "adam_hd": lambda: hgo.adam_hd(1e-3, 1e-7),
-        # The wrapper's default (the paper's one-step rule).
+        # The wrapper's default (horizon='run': a tangent besides the last
+        # update).
         "hypergradient(adam)": lambda: hgo.hypergradient(optax.adam(1e-3)),
         "hypergradient(adam),bf16": lambda: hgo.hypergradient(
             optax.adam(1e-3), buffer_dtype=jnp.bfloat16),
-        # A discounted tangent over about 300 steps (for long noisy runs).
-        "hypergradient(adam,h=300)": lambda: hgo.hypergradient(
-            optax.adam(1e-3), horizon=300),
+        # The paper's one-step rule (the default before 0.3.0).
+        "hypergradient(adam,h=1)": lambda: hgo.hypergradient(
+            optax.adam(1e-3), horizon=1),
     },
     "delayed": {
         "adam": lambda: optax.adam(1e-3),
         "adam_hd,delayed": lambda: hgo.adam_hd(1e-3, 1e-7, delayed=True),
         "hypergradient(adam),delayed": lambda: hgo.hypergradient(
             optax.adam(1e-3), delayed=True),
-        "hypergradient(adam,h=300),delayed": lambda: hgo.hypergradient(
-            optax.adam(1e-3), horizon=300, delayed=True),
+        "hypergradient(adam,h=1),delayed": lambda: hgo.hypergradient(
+            optax.adam(1e-3), horizon=1, delayed=True),
     },
     "sgd": {
         "sgd": lambda: optax.sgd(1e-3),
