@@ -281,7 +281,7 @@ def scale_by_rate(rate: Rate, direction: optax.Updates, *, sign: float,
   return jax.tree.map(leaf, signed, direction, like)
 
 
-def run_decay(count: jax.Array) -> jax.Array:
+def run_decay(count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
   """``μ_t = 1 - 1/(2t)``, ``t = count + 1``: a horizon of twice the run so far.
 
   The product of these discounts from step ``k`` to ``t`` is about
@@ -290,7 +290,7 @@ def run_decay(count: jax.Array) -> jax.Array:
   start is cut as fast as by the one-step rule); late it spans thousands of
   steps (minibatch noise averages out).
   """
-  t = count.astype(jnp.float32) + 1
+  t = count.astype(dtype) + 1
   return 1 - 1 / (2 * t)
 
 
@@ -409,7 +409,8 @@ def hypergradient_descent(
       then be sharded over it: a replicated leaf would be counted once per
       device.
     tangent_decay: ``μ`` of :func:`decay_tangent`, in [0, 1), or a function
-      of the state's count giving it (:func:`run_decay`); above 0 the
+      ``(count, dtype) -> μ`` of the state's count (:func:`run_decay`); above
+      0 the
       rate's hypergradient is taken along the discounted tangent ``Z_{t-1}``,
       kept in the state's ``tangent`` field, and the stored previous
       direction ``d_{t-1}`` gives the last step's signals (the overshoot
@@ -513,8 +514,8 @@ def hypergradient_descent(
     if store_previous:
       last = ordered(new_direction)
       if keeps_tangent:
-        decay = (tangent_decay(count) if callable(tangent_decay)
-                 else tangent_decay)
+        decay = (tangent_decay(count, jax.tree.leaves(old_rate)[0].dtype)
+                 if callable(tangent_decay) else tangent_decay)
         restart = None
         if restart_cosine is not None:
           step_h, step_norm = signals.last_step()

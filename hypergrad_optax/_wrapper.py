@@ -18,8 +18,8 @@ _UNSET = object()
 
 # The default horizon grows with the run (see _core.run_decay). In the sweep
 # of docs/results.md (f) it is the best across the tasks: against the paper's
-# one-step rule (horizon=1, the default before 0.3) worst regret 1.33 / 1.01
-# / 9.3 on digits-long / wine / friedman against 1.94 / 1.04 / 10.5, MNIST
+# one-step rule (horizon=1, the default before 0.3) worst regret 1.33 / 1.00
+# / 9.37 on digits-long / wine / friedman against 1.94 / 1.04 / 10.5, MNIST
 # logreg from every α0 within 0.995x tuned Adam (one step: 1.08x from 0.1),
 # and still converging on the Rosenbrock function from optax.sgd(0.1). A
 # fixed horizon=300 lost on MNIST from 0.1 (1.28x): its horizon is as long at
