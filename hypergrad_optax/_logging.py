@@ -106,9 +106,12 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
 
   * ``hypergradient``: :math:`h_t = g_t \cdot Z_{t-1}`, the derivative of the
     loss with respect to the factor along the stored tangent :math:`Z_{t-1}`
-    (the previous update, or its discounted sum with ``horizon > 1``);
+    (the state's ``tangent``: the discounted sum of the updates, with the
+    default horizon; the previous update with ``horizon=1``);
   * ``cosine``: :math:`h_t / (\|g_t\| \|Z_{t-1}\|)`, what the
-    multiplicative rule moves the factor by (times ``-hyper_lr``);
+    multiplicative rule moves the factor by (times ``-hyper_lr``; the last
+    update's cosine instead where that exceeds ``rules.LAST_STEP_COSINE`` and
+    this, see :func:`hypergrad_optax.rules.follow_last_step`);
   * ``step_hypergradient``: :math:`g_t \cdot \tilde u_{t-1}` along the last
     update alone (``hypergradient`` itself with the one-step rule);
   * ``bound``: :math:`A = \|g_{t-1}\| \|\tilde u_{t-1}\|` when the overshoot
