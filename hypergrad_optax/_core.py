@@ -87,9 +87,10 @@ class ScaleByHypergradientState(NamedTuple):
     hyper_state: with a ``hyper_optimizer``, its state (the scale is its
       params; a hypergradient state again when stacked); ``()`` for the
       default plain-SGD rule.
-    tangent: with ``horizon > 1``, the discounted tangent ``Z_{t-1}`` the
-      rate's hypergradient is taken along (see :func:`decay_tangent`); ``()``
-      with the one-step rule.
+    tangent: with a horizon over several steps (the default), the
+      discounted tangent ``Z_{t-1}`` the rate's hypergradient is taken along
+      (see :func:`decay_tangent`); ``()`` with the one-step rule
+      (``horizon=1``).
   """
 
   count: jax.Array
@@ -409,12 +410,12 @@ def hypergradient_descent(
       then be sharded over it: a replicated leaf would be counted once per
       device.
     tangent_decay: ``μ`` of :func:`decay_tangent`, in [0, 1), or a function
-      ``(count, dtype) -> μ`` of the state's count (:func:`run_decay`); above
-      0 the
-      rate's hypergradient is taken along the discounted tangent ``Z_{t-1}``,
-      kept in the state's ``tangent`` field, and the stored previous
-      direction ``d_{t-1}`` gives the last step's signals (the overshoot
-      guard's). 0: along ``d_{t-1}``, the paper. Needs a stored direction.
+      ``(count, dtype) -> μ`` of the state's count (:func:`run_decay`). Above
+      0 the rate's hypergradient is taken along the discounted tangent
+      ``Z_{t-1}``, kept in the state's ``tangent`` field, and the stored
+      previous direction ``d_{t-1}`` gives the last step's signals (the
+      overshoot guard's). 0: along ``d_{t-1}``, the paper. Needs a stored
+      direction.
     curvature: carry the tangent through the optimizer's Jacobian (MARTHE,
       with a Hessian-vector product of the ``grad_fn`` extra argument; see
       :func:`decay_tangent`) instead of taking it as the identity.
@@ -425,7 +426,6 @@ def hypergradient_descent(
       every parameter: each leaf's update pass follows its own gradient (and
       its own share of ``h_t``) alone, as in the base optimizer. The rule's
       ``old rate / new rate`` (the tangent's decay) is that of its own step.
-
     restart_cosine: with a tangent, where the last step's cosine
       ``g_t·d_{t-1} / (‖g_t‖ ‖d_{t-1}‖)`` (sign included) exceeds it, the
       step overshot and the tangent restarts from the new direction: the
@@ -518,11 +518,8 @@ def hypergradient_descent(
                  if callable(tangent_decay) else tangent_decay)
         restart = None
         if restart_cosine is not None:
-          step_h, step_norm = signals.last_step()
-          restart = jax.tree.map(
-              lambda c: c > restart_cosine,
-              _rules.cosine(signals._replace(hypergradient=step_h,
-                                             direction_norm=step_norm)))
+          restart = jax.tree.map(lambda c: c > restart_cosine,
+                                 _rules.last_step_cosine(signals))
         tangent = optax.tree.cast_like(
             decay_tangent(tangent, last, old_rate, next_rate, decay,
                           granularity, correction, restart), state.tangent)

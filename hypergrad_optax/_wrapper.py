@@ -138,7 +138,10 @@ def hypergradient(
       The factor 3 keeps most minibatch noise from triggering it: with a
       threshold of :math:`A` it kept cutting the rate of a digits MLP on its
       loss plateau until training stalled; above 3 it missed moderate
-      divergence (the gradient growing 2-4x per step).
+      divergence (the gradient growing 2-4x per step). With a horizon over
+      several steps (the default) the guard also has the rule follow a last
+      step whose cosine exceeds ``rules.LAST_STEP_COSINE`` (0.8) and restarts
+      the tangent there (:func:`hypergrad_optax.rules.follow_last_step`).
     axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
       this mapped axis (a name or a tuple of names), sums the hypergradient's
       dot products and norms over it with ``lax.psum`` (a dot over the local
@@ -177,9 +180,9 @@ def hypergradient(
       more parameter-sized buffer) beside the last update, which the
       overshoot guard still reads: an oscillation's swings cancel in
       :math:`Z` and the guard would otherwise never see them.
-    curvature: with a horizon over several steps, carry the tangent through the optimizer's
-      Jacobian (MARTHE's full recursion): :math:`Z_t` gains the term
-      :math:`s_t (\partial \tilde u_t/\partial g) H_t Z_{t-1}`, a
+    curvature: with a horizon over several steps, carry the tangent through
+      the optimizer's Jacobian (MARTHE's full recursion): :math:`Z_t` gains
+      the term :math:`s_t (\partial \tilde u_t/\partial g) H_t Z_{t-1}`, a
       Hessian-vector product of the ``grad_fn`` extra argument of ``update``
       (``grad_fn=lambda p: jax.grad(loss)(p, batch)``), so a step costs about
       one more gradient. The inner optimizer's state is held fixed in that

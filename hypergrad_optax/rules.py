@@ -108,6 +108,15 @@ def cosine(signals: RateSignals) -> Rate:
                       signals.direction_norm)
 
 
+def last_step_cosine(signals: RateSignals) -> Rate:
+  """:func:`cosine` of the last step alone, ``g_t·d_{t-1} / (‖g_t‖ ‖d_{t-1}‖)``
+  (:meth:`RateSignals.last_step`; the tangent's cosine with the one-step
+  rule)."""
+  step_h, step_norm = signals.last_step()
+  return cosine(signals._replace(hypergradient=step_h,
+                                 direction_norm=step_norm))
+
+
 def additive_feedback(rate: Rate, signals: RateSignals) -> Rate:
   """The paper's: the rate's gradient is its hypergradient ``h``."""
   del rate
@@ -311,10 +320,8 @@ def follow_last_step(rule: RateRule,
     if signals.step_hypergradient is None:
       return rule.update(rate, signals, state)
     step_h, step_norm = signals.last_step()
-    step_cos = cosine(signals._replace(hypergradient=step_h,
-                                       direction_norm=step_norm))
     follow = jax.tree.map(lambda c1, c: (c1 > threshold) & (c1 > c),
-                          step_cos, cosine(signals))
+                          last_step_cosine(signals), cosine(signals))
     pick = lambda f, a, b: jnp.where(f, a, b)  # pylint: disable=unnecessary-lambda-assignment
     signals = signals._replace(
         hypergradient=jax.tree.map(pick, follow, step_h,
