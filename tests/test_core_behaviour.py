@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import hypergrad_optax as hgo
+import test_checkpoint_precision  # the edge-of-stability problem
 
 _ADAM = pytest.mark.standard_promotion  # optax's Adam is not strict-clean
 
@@ -133,6 +134,35 @@ def _optimise(tx, target, steps=30_000):
 def test_untuned_default_converges(make_inner, target):
   params = _optimise(hgo.hypergradient(make_inner()), target)
   np.testing.assert_allclose(params, target()[1], rtol=3e-2, atol=3e-2)
+
+
+def _edge_losses(tx, steps=300):
+  """The full-batch tanh MLP regression of the checkpoint-precision tests
+  under ``tx``: the loss at every step."""
+  params, x, y = test_checkpoint_precision._problem()  # pylint: disable=protected-access
+  loss = lambda p: test_checkpoint_precision._loss(p, x, y)  # pylint: disable=protected-access,unnecessary-lambda-assignment
+
+  def step(carry, _):
+    params, state = carry
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), value
+
+  _, losses = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))(
+      (params, tx.init(params)))
+  return np.asarray(losses)
+
+
+def test_default_horizon_rides_the_edge_of_stability():
+  """From optax.sgd(0.1) the factor climbs to the edge of stability (a rate
+  near 2.7), where the loss starts growing 2-3x per step, below the cap's 3x.
+  The default's long tangent alone would cut the rate by 2-5 % per step and
+  the loss reaches 9e7 (found so); following the last step, whose cosine is
+  then about 0.94 (rules.follow_last_step), keeps the run converging."""
+  losses = _edge_losses(hgo.hypergradient(optax.sgd(0.1)))
+  assert np.all(np.isfinite(losses))
+  assert losses.max() <= losses[0], (losses.max(), losses[0])
+  assert losses[-1] < losses[0] / 100, (losses[-1], losses[0])
 
 
 def test_plain_sgd_diverges_on_rosenbrock():
