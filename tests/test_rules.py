@@ -305,7 +305,8 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps):
   The rate's hypergradient is taken along Z. With the guard, where the last
   update u alone has a cosine c1 = g·u / (‖g‖ ‖u‖) above 0.8 and above Z's,
   the rule reads g·u and ‖u‖ instead, and Z restarts from the new update;
-  the rate is capped at s A / (A + g·u) when g·u > 3 A, A = ‖g_prev‖ ‖u‖.
+  the rate is capped at s A / (A + g·u) when g·u > 3 A, A = ‖g_prev‖ ‖u‖,
+  and Z's cosine exceeds 0.03.
   Returns the per-step (θ, s, Z, u) and how often each guard part acted.
   """
   theta, s, z, u, g_prev = _THETA0, 1.0, np.zeros(3), np.zeros(3), 0.0
@@ -316,6 +317,7 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps):
     mu = 1 - 1 / (2 * t if horizon == "run" else horizon)
     g = _AV * theta - _BV
     h, norm = g @ z, np.linalg.norm(z)
+    tangent_cos = cos(h, np.linalg.norm(g), norm)
     step_cos = cos(g @ u, np.linalg.norm(g), np.linalg.norm(u))
     restart = guard and step_cos > 0.8
     if guard and step_cos > 0.8 and step_cos > cos(h, np.linalg.norm(g), norm):
@@ -326,7 +328,7 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps):
     else:
       new_s = s * (1 - beta * cos(h, np.linalg.norm(g), norm))
     bound = g_prev * np.linalg.norm(u)
-    if guard and g @ u > 3 * bound:
+    if guard and g @ u > 3 * bound and tangent_cos > 0.03:
       new_s = min(new_s, s * bound / (bound + g @ u))
       acted["capped"] += 1
     u = -lr * g
@@ -593,3 +595,23 @@ def test_follow_last_step_by_hand():
                               step_direction_norm=None)
   new, _ = rule.update(rate, one_step, ())
   np.testing.assert_allclose(new, [1.96, 1.96, 2 * (1 - 0.095)], rtol=1e-6)
+
+
+def test_overshoot_cap_with_a_tangent_by_hand():
+  """h = 8 > 3A (A = ‖g_prev‖ ‖d‖ = 2): capped at r A / (A + h) = 0.2 r only
+  where the tangent's cosine also exceeds 0.03; always without a tangent."""
+  cap = rules.overshoot_cap()
+  f = lambda *v: [jnp.float32(x) for x in v]  # pylint: disable=unnecessary-lambda-assignment
+  rate, proposed = f(1.0, 1.0), f(0.9, 0.9)
+  # Tangent cosines 0.5 and 0.01 (‖g‖ = 10, ‖Z‖ = 1); last step h = 8, ‖d‖ = 1.
+  signals = rules.RateSignals(
+      hypergradient=f(5.0, 0.1), grad_norm=f(10.0, 10.0),
+      direction_norm=f(1.0, 1.0), previous_grad_norm=f(2.0, 2.0),
+      step_hypergradient=f(8.0, 8.0), step_direction_norm=f(1.0, 1.0))
+  np.testing.assert_allclose(cap(rate, proposed, signals), [0.2, 0.9],
+                             rtol=1e-6)
+  one_step = signals._replace(hypergradient=f(8.0, 8.0),
+                              step_hypergradient=None,
+                              step_direction_norm=None)
+  np.testing.assert_allclose(cap(rate, proposed, one_step), [0.2, 0.2],
+                             rtol=1e-6)
