@@ -18,8 +18,8 @@ _UNSET = object()
 
 # The default horizon grows with the run (see _core.run_decay). In the sweep
 # of docs/results.md (f) it is the best across the tasks: against the paper's
-# one-step rule (horizon=1, the default before 0.3) worst regret 1.33 / 1.00
-# / 9.37 on digits-long / wine / friedman against 1.94 / 1.04 / 10.5, MNIST
+# one-step rule (horizon=1, the default before 0.3) worst regret 1.01 / 1.00
+# / 3.42 on digits-long / wine / friedman against 1.94 / 1.04 / 10.5, MNIST
 # logreg from every α0 within 0.995x tuned Adam (one step: 1.08x from 0.1),
 # and still converging on the Rosenbrock function from optax.sgd(0.1). A
 # fixed horizon=300 lost on MNIST from 0.1 (1.28x): its horizon is as long at
@@ -139,9 +139,12 @@ def hypergradient(
       threshold of :math:`A` it kept cutting the rate of a digits MLP on its
       loss plateau until training stalled; above 3 it missed moderate
       divergence (the gradient growing 2-4x per step). With a horizon over
-      several steps (the default) the guard also has the rule follow a last
-      step whose cosine exceeds ``rules.LAST_STEP_COSINE`` (0.8) and restarts
-      the tangent there (:func:`hypergrad_optax.rules.follow_last_step`).
+      several steps (the default) the cap acts only where the tangent's
+      cosine exceeds ``rules.OVERSHOOT_TANGENT_COSINE`` (0.03) too, so that a
+      single noisy minibatch does not cut the rate; and the guard has the
+      rule follow a last step whose cosine exceeds ``rules.LAST_STEP_COSINE``
+      (0.8) and restarts the tangent there
+      (:func:`hypergrad_optax.rules.follow_last_step`).
     axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
       this mapped axis (a name or a tuple of names), sums the hypergradient's
       dot products and norms over it with ``lax.psum`` (a dot over the local
