@@ -35,6 +35,18 @@ def _loss(params, x, y):
   return jnp.mean((hidden @ params["w2"] + params["b2"] - y) ** 2)
 
 
+def _scan_minibatches(loss, tx, params, x, y, batches):
+  """``tx`` on ``loss`` over the rows of ``batches`` (indices): final
+  parameters and optimizer state."""
+  def step(carry, idx):
+    params, state = carry
+    grads = jax.grad(loss)(params, x[idx], y[idx])
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  return jax.lax.scan(step, (params, tx.init(params)), batches)[0]
+
+
 def _train(make_tx, lr, steps, batch):
   """Final full-data loss, first-epoch loss and last effective rate."""
   x, y = _data()
@@ -44,17 +56,9 @@ def _train(make_tx, lr, steps, batch):
             "b1": jnp.zeros(32),
             "w2": jax.random.normal(k2, (32,)) / np.sqrt(32),
             "b2": jnp.zeros([])}
-  tx = make_tx(lr)
   batches = jax.random.randint(jax.random.PRNGKey(1), (steps, batch), 0, N)
-
-  def step(carry, idx):
-    params, state = carry
-    grads = jax.grad(_loss)(params, x[idx], y[idx])
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
   start = _loss(params, x, y)
-  (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), batches)
+  params, state = _scan_minibatches(_loss, make_tx(lr), params, x, y, batches)
   rate = lr * state.scale if hasattr(state, "scale") else lr
   return _loss(params, x, y), start, rate
 
@@ -151,14 +155,7 @@ def _train_attention(tx, steps=400, batch=32):
             "out": jax.random.normal(keys[4], (_D, _V)) / np.sqrt(_D),
             "g1": jnp.ones(_D), "g2": jnp.ones(_D)}
   batches = jax.random.randint(jax.random.PRNGKey(1), (steps, batch), 0, _N)
-
-  def step(carry, idx):
-    params, state = carry
-    grads = jax.grad(_attention_loss)(params, x[idx], y[idx])
-    updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), batches)
+  params, _ = _scan_minibatches(_attention_loss, tx, params, x, y, batches)
   return _attention_loss(params, x, y)
 
 
