@@ -117,7 +117,8 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
   * ``bound``: :math:`A = \|g_{t-1}\| \|\tilde u_{t-1}\|` when the overshoot
     guard keeps :math:`\|g_{t-1}\|` (NaN otherwise);
   * ``overshoot``: whether the guard caps this step: the last update's
-    hypergradient exceeds :math:`3A`.
+    hypergradient exceeds :math:`3A` (and, with the default horizon, the
+    tangent's cosine exceeds ``rules.OVERSHOOT_TANGENT_COSINE``).
 
   Running means and standard deviations of ``hypergradient`` over a log tell
   whether the rule sees signal or noise (see ``docs/how_it_works.md``).
@@ -169,4 +170,6 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
   return {"hypergradient": signals.hypergradient,
           "cosine": _rules.cosine(signals), "step_hypergradient": step_h,
           "bound": bound,
-          "overshoot": step_h > _rules.OVERSHOOT_RATIO * bound}
+          "overshoot": (step_h > _rules.OVERSHOOT_RATIO * bound) & (
+              (tangent is None)
+              | (_rules.cosine(signals) > _rules.OVERSHOOT_TANGENT_COSINE))}

@@ -297,7 +297,7 @@ def overshoot_cap(active: Any = True) -> Constraint:
     # swings of an oscillation cancel out and the guard would never see them.
     step_h, step_norm = signals.last_step()
     if signals.step_hypergradient is None:
-      agrees = jax.tree.map(lambda h: True, step_h)
+      agrees = jax.tree.map(lambda _: True, step_h)
     else:
       agrees = jax.tree.map(lambda c: c > OVERSHOOT_TANGENT_COSINE,
                             cosine(signals))
