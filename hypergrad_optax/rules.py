@@ -405,13 +405,16 @@ def scale_by_log_rate(step_size: Any, b1: float = 0.9, b2: float = 0.99,
 
 
 def guarded(rule: RateRule, *, overshoot_guard: bool = False,
-            min_rate: Any = None, max_rate: Any = None) -> RateRule:
+            min_rate: Any = None, max_rate: Any = None,
+            active: Any = True) -> RateRule:
   """``rule`` followed by the overshoot guard (optional: the rule follows the
   last step where it overshot, :func:`follow_last_step`, and its rate is
-  capped after a large overshoot, :func:`overshoot_cap`) and the bounds."""
-  constraints = (overshoot_cap(),) if overshoot_guard else ()
+  capped after a large overshoot, :func:`overshoot_cap`, switched by
+  ``active``) and the bounds."""
+  constraints: Sequence[Constraint] = ()
   if overshoot_guard:
     rule = follow_last_step(rule)
+    constraints = (overshoot_cap(active),)
   return constrained(rule, *constraints, bounds(min_rate, max_rate),
                      keeps_grad_norm=overshoot_guard)
 
@@ -426,14 +429,7 @@ def paper_rule(hyper_lr: Any, rule: str, *, min_rate: Any = None,
   feedback = {"additive": additive_feedback,
               "multiplicative": multiplicative_feedback}[rule]
   step = sgd(hyper_lr) if hyper_optimizer is None else hyper_optimizer
-  constraints: Sequence[Constraint] = ()
-  base = descend(feedback, step)
-  if overshoot_guard:
-    # β = 0 must reproduce the inner optimizer exactly: no cap either.
-    active = True if hyper_optimizer is not None else (
-        jnp.asarray(hyper_lr) > 0)
-    constraints = (overshoot_cap(active),)
-    base = follow_last_step(base)
-  return constrained(base, *constraints,
-                     bounds(min_rate, max_rate),
-                     keeps_grad_norm=overshoot_guard)
+  # β = 0 must reproduce the inner optimizer exactly: no cap either.
+  active = True if hyper_optimizer is not None else jnp.asarray(hyper_lr) > 0
+  return guarded(descend(feedback, step), overshoot_guard=overshoot_guard,
+                 min_rate=min_rate, max_rate=max_rate, active=active)
