@@ -124,6 +124,40 @@ def init_rate(value: Any, params: Any, granularity: str,
   return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
+# The sums behind each signal of RateSignals, by field name.
+_SUMMED = ("hypergradient", "direction_norm", "grad_norm",
+           "step_hypergradient", "step_direction_norm")
+
+
+def signal_sums(grads: optax.Updates, previous_direction: optax.Updates,
+                tangent: Optional[optax.Updates], *, granularity: str, dtype,
+                read: Optional[frozenset] = None) -> dict[str, Any]:
+  """Per leaf, the sums behind the signals: ``g·D``, ``‖D‖²``, ``‖g‖²``, and
+  with a tangent ``g·d`` and ``‖d‖²`` of the last step.
+
+  Keyed by the :class:`RateSignals` field each gives; only those in ``read``
+  (all when None; ``hypergradient`` always). All of a leaf's sums are one
+  pass over its buffers (:func:`hypergrad_optax._tree.leaf_sums`). Per
+  element granularity keeps the products, any other the sum of each leaf.
+  """
+  # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
+  # materialises it as a parameter-sized array, an extra memory pass.
+  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
+  along = previous_direction if tangent is None else tangent
+  terms = {"hypergradient": (jnp.multiply, grads, along),
+           "direction_norm": (square, along, along),
+           "grad_norm": (square, grads, grads)}
+  if tangent is not None:
+    terms["step_hypergradient"] = (jnp.multiply, grads, previous_direction)
+    terms["step_direction_norm"] = (square, previous_direction,
+                                    previous_direction)
+  names = [n for n in terms
+           if read is None or n in read or n == "hypergradient"]
+  per = "per-element" if granularity == "per-element" else "per-tensor"
+  return dict(zip(names, _tree.leaf_sums([terms[n] for n in names], per,
+                                         dtype)))
+
+
 def rate_signals(
     rate: Rate,
     grads: optax.Updates,
@@ -134,39 +168,37 @@ def rate_signals(
     previous_grad_norm: Any = None,
     axis_name: AxisName = None,
     tangent: Optional[optax.Updates] = None,
+    sums: Optional[dict[str, Any]] = None,
 ) -> _rules.RateSignals:
   """What a rate rule sees: ``sign * g_t·D_{t-1}``, ``‖g_t‖``, ``‖D_{t-1}‖``.
 
   ``D_{t-1}`` is ``tangent`` when given (a longer horizon; the last step's
   ``d_{t-1}`` then gives the ``step_*`` signals), else the previous direction.
   Each is reduced like the rate, in its dtype, and summed over ``axis_name``
-  (see :func:`hypergrad_optax._tree.reduce_product`). Under ``jax.jit`` a
-  norm no rule reads is never computed.
+  (see :func:`hypergrad_optax._tree.finish_sums`). ``sums``: the per-leaf
+  sums of :func:`signal_sums` when already taken (every signal when None); a
+  signal without its sum is zero (for fields no rule reads).
   """
   dtype = jax.tree.leaves(rate)[0].dtype if jax.tree.leaves(rate) else (
       jnp.float32)
-  reduce = lambda op, a, b: _tree.reduce_product(  # pylint: disable=unnecessary-lambda-assignment
-      op, a, b, granularity, dtype, axis_name)
-  # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
-  # materialises it as a parameter-sized array, an extra memory pass.
-  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
-
-  def along(direction):
-    h = reduce(jnp.multiply, grads, direction)
-    norm = jax.tree.map(jnp.sqrt, reduce(square, direction, direction))
-    return jax.tree.map(lambda x: sign * x, h), norm
-
-  h, direction_norm = along(
-      previous_direction if tangent is None else tangent)
-  step_h, step_norm = (None, None) if tangent is None else along(
-      previous_direction)
+  if sums is None:
+    sums = signal_sums(grads, previous_direction, tangent,
+                       granularity=granularity, dtype=dtype)
+  def signal(name, finish):
+    if name not in sums:
+      return jax.tree.map(jnp.zeros_like, rate)
+    total = _tree.finish_sums(sums[name], granularity, dtype, axis_name)
+    return jax.tree.map(finish, total)
+  norm = lambda name: signal(name, jnp.sqrt)  # pylint: disable=unnecessary-lambda-assignment
+  dot = lambda name: signal(name, lambda x: sign * x)  # pylint: disable=unnecessary-lambda-assignment
+  longer = tangent is not None
   return _rules.RateSignals(
-      hypergradient=h,
-      grad_norm=jax.tree.map(jnp.sqrt, reduce(square, grads, grads)),
-      direction_norm=direction_norm,
+      hypergradient=dot("hypergradient"),
+      grad_norm=norm("grad_norm"),
+      direction_norm=norm("direction_norm"),
       previous_grad_norm=previous_grad_norm,
-      step_hypergradient=step_h,
-      step_direction_norm=step_norm)
+      step_hypergradient=dot("step_hypergradient") if longer else None,
+      step_direction_norm=norm("step_direction_norm") if longer else None)
 
 
 def _ordered_after(rate: Rate, tree: optax.Updates,
@@ -187,6 +219,16 @@ def _ordered_after(rate: Rate, tree: optax.Updates,
   if granularity == "global":
     return jax.tree.map(lambda g: leaf(rate, g), tree)
   return jax.tree.map(leaf, rate, tree)
+
+
+def _signals_template(rate: Rate, rule: _rules.RateRule,
+                      tangent: Optional[optax.Updates]) -> _rules.RateSignals:
+  """:class:`RateSignals` of the step's structure, each signal ``rate``
+  (its shape and dtype): what :func:`_read_signals` traces the rule on."""
+  longer = rate if tangent is not None else None
+  return _rules.RateSignals(
+      rate, rate, rate, rate if rule.keeps_grad_norm else None, longer,
+      longer)
 
 
 def _read_signals(rule: _rules.RateRule, rate: Rate,
@@ -217,31 +259,23 @@ def _read_signals(rule: _rules.RateRule, rate: Rate,
     return frozenset(signals._fields)
 
 
-def _leaf_tokens(grads: optax.Updates, previous: optax.Updates,
-                 tangent: Optional[optax.Updates], granularity: str, dtype,
+def _leaf_tokens(grads: optax.Updates, sums: dict[str, Any],
                  read: frozenset) -> optax.Updates:
   """Each leaf's own share of the reductions the rule reads.
 
   ``g·D_{t-1}`` and ``‖D_{t-1}‖²`` (``D`` the tangent when kept, else the
   previous direction) and, with a tangent, ``g·d_{t-1}`` and ``‖d_{t-1}‖²``
-  of the last step: the same leafwise sums (per element: the products) as
-  :func:`rate_signals`' (XLA computes them once), without the sum over leaves
-  or devices, each only when the rule reads it (``read``: field names of
-  :class:`RateSignals`). What each leaf's overwrite of the old state can be
-  ordered after without waiting for the other leaves.
+  of the last step: the per-leaf sums of :func:`signal_sums` (per element:
+  the products) before the sum over leaves or devices, each only when the
+  rule reads it (``read``: field names of :class:`RateSignals`). What each
+  leaf's overwrite of the old state can be ordered after without waiting for
+  the other leaves.
   """
-  per = "per-element" if granularity == "per-element" else "per-tensor"
-  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
-  along = previous if tangent is None else tangent
-  shares = [_tree.reduce_product(jnp.multiply, grads, along, per, dtype)]
-  if "direction_norm" in read:
-    shares.append(_tree.reduce_product(square, along, along, per, dtype))
-  if tangent is not None and "step_hypergradient" in read:
-    shares.append(_tree.reduce_product(jnp.multiply, grads, previous, per,
-                                       dtype))
-  if tangent is not None and "step_direction_norm" in read:
-    shares.append(_tree.reduce_product(square, previous, previous, per,
-                                       dtype))
+  dtype = jax.tree.leaves(sums["hypergradient"])[0].dtype
+  shares = [sums[name] for name in ("hypergradient", "direction_norm",
+                                    "step_hypergradient",
+                                    "step_direction_norm")
+            if name in sums and (name == "hypergradient" or name in read)]
   tokens = functools.reduce(
       lambda a, b: jax.tree.map(jnp.add, a, b), shares)
   # Plus one entry of every gradient: each update also waits for the whole
@@ -473,20 +507,29 @@ def hypergradient_descent(
     if not store_previous:
       previous = previous_direction_fn(inner_state)
     _validation.check_same_structure(updates, previous)
+    read = _read_signals(rate_rule, old_rate,
+                         _signals_template(old_rate, rate_rule, tangent),
+                         hyper_state)
+    needed = set(read)
+    if rate_rule.keeps_grad_norm:
+      needed.add("grad_norm")
+    if tangent is not None and restart_cosine is not None:
+      needed |= {"grad_norm", "step_hypergradient", "step_direction_norm"}
+    dtype = jax.tree.leaves(old_rate)[0].dtype
+    # One pass over g, D (and d) for all the sums the step needs.
+    sums = signal_sums(updates, previous, tangent, granularity=granularity,
+                       dtype=dtype, read=frozenset(needed))
     signals = rate_signals(
         old_rate, updates, previous, sign=sign, granularity=granularity,
         previous_grad_norm=grad_norm if rate_rule.keeps_grad_norm else None,
-        axis_name=axis_name, tangent=tangent)
+        axis_name=axis_name, tangent=tangent, sums=sums)
     next_rate, hyper_state = rate_rule.update(old_rate, signals, hyper_state)
     if delayed:
       # This step's rate was chosen at the last one; what reads the old state
       # is ordered leaf by leaf (see _ordered_after_leafwise), not after the
       # rate.
       rate = old_rate
-      tokens = _leaf_tokens(
-          updates, previous, tangent, granularity,
-          jax.tree.leaves(old_rate)[0].dtype,
-          _read_signals(rate_rule, old_rate, signals, state[5]))
+      tokens = _leaf_tokens(updates, sums, read)
       ordered = lambda tree: _ordered_after_leafwise(tokens, tree)  # pylint: disable=unnecessary-lambda-assignment
     else:
       rate = next_rate
