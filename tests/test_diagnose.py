@@ -37,6 +37,24 @@ def test_overshoot_flag_matches_the_guard():
   np.testing.assert_allclose(state.scale, 2.0 / 22.0, rtol=1e-6)
 
 
+def test_overshoot_needs_the_tangent_to_agree():
+  # The last step overshot (g_1 = 100 ũ_0: h = 20 > 3A = 6), but the tangent
+  # Z = (2, 1) is orthogonal to g_1: its cosine 0 is below
+  # rules.OVERSHOOT_TANGENT_COSINE, so neither diagnose nor the guard calls it
+  # an overshoot, and the cap (2/22) does not act.
+  tx, params, state = _after_one_step()
+  np.testing.assert_allclose(state.tangent, [-0.2, 0.4], rtol=1e-6)
+  state = state._replace(tangent=jnp.array([2.0, 1.0]))
+  grads = jnp.array([-20.0, 40.0])
+  info = hgo.diagnose(grads, state)
+  np.testing.assert_allclose(info["cosine"], 0.0, atol=1e-7)
+  np.testing.assert_allclose(info["step_hypergradient"], 20.0, rtol=1e-6)
+  assert not bool(info["overshoot"])
+  _, state = tx.update(grads, state, params)
+  # The rule follows the last step (cosine 1 > 0.8): s = 1 - 0.1 · 1.
+  np.testing.assert_allclose(state.scale, 0.9, rtol=1e-6)
+
+
 def test_without_guard_the_bound_is_nan():
   tx = hgo.hypergradient(optax.sgd(0.1), overshoot_guard=False)
   params = jnp.array([1.0, -2.0])
