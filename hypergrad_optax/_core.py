@@ -124,11 +124,6 @@ def init_rate(value: Any, params: Any, granularity: str,
   return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
-# The sums behind each signal of RateSignals, by field name.
-_SUMMED = ("hypergradient", "direction_norm", "grad_norm",
-           "step_hypergradient", "step_direction_norm")
-
-
 def signal_sums(grads: optax.Updates, previous_direction: optax.Updates,
                 tangent: Optional[optax.Updates], *, granularity: str, dtype,
                 read: Optional[frozenset] = None) -> dict[str, Any]:
