@@ -552,8 +552,8 @@ def hypergradient_descent(
     if store_previous:
       last = ordered(new_direction)
       if keeps_tangent:
-        decay = (tangent_decay(count, jax.tree.leaves(old_rate)[0].dtype)
-                 if callable(tangent_decay) else tangent_decay)
+        decay = (tangent_decay(count, dtype) if callable(tangent_decay)
+                 else tangent_decay)
         restart = None
         if restart_cosine is not None:
           restart = jax.tree.map(lambda c: c > restart_cosine,

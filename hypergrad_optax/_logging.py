@@ -170,6 +170,6 @@ def diagnose(grads: optax.Updates, opt_state: Any) -> dict[str, jax.Array]:
   return {"hypergradient": signals.hypergradient,
           "cosine": _rules.cosine(signals), "step_hypergradient": step_h,
           "bound": bound,
-          "overshoot": (step_h > _rules.OVERSHOOT_RATIO * bound) & (
-              (tangent is None)
-              | (_rules.cosine(signals) > _rules.OVERSHOOT_TANGENT_COSINE))}
+          "overshoot": _rules.overshoots(
+              step_h, bound,
+              None if tangent is None else _rules.cosine(signals))}

@@ -270,6 +270,21 @@ OVERSHOOT_TANGENT_COSINE = 0.03
 OVERSHOOT_RATIO = 3.0
 
 
+def overshoots(step_hypergradient: Rate, bound: Rate,
+               tangent_cosine: Optional[Rate] = None) -> Rate:
+  """Whether the overshoot guard reads an overshoot (one leaf or scalar).
+
+  ``h > OVERSHOOT_RATIO · A`` along the last step (``A = ‖g_{t-1}‖‖d_{t-1}‖``)
+  and, with a longer horizon (``tangent_cosine`` given), the tangent's cosine
+  above ``OVERSHOOT_TANGENT_COSINE``: the one test :func:`overshoot_cap` and
+  ``hgo.diagnose`` share.
+  """
+  over = step_hypergradient > OVERSHOOT_RATIO * bound
+  if tangent_cosine is not None:
+    over = over & (tangent_cosine > OVERSHOOT_TANGENT_COSINE)
+  return over
+
+
 def overshoot_cap(active: Any = True) -> Constraint:
   """Caps the rate after a large overshoot of the last step.
 
@@ -296,20 +311,17 @@ def overshoot_cap(active: Any = True) -> Constraint:
     # The last step's own signals: along a longer tangent the across-valley
     # swings of an oscillation cancel out and the guard would never see them.
     step_h, step_norm = signals.last_step()
-    if signals.step_hypergradient is None:
-      agrees = jax.tree.map(lambda _: True, step_h)
-    else:
-      agrees = jax.tree.map(lambda c: c > OVERSHOOT_TANGENT_COSINE,
-                            cosine(signals))
+    longer = signals.step_hypergradient is not None
 
-    def leaf(r, p, h, g_before, d, tangent_agrees):
+    def leaf(r, p, h, g_before, d, tangent_cosine):
       bound_before = g_before * d
-      overshoot = ((h > OVERSHOOT_RATIO * bound_before) & tangent_agrees
-                   & active)
+      overshoot = overshoots(h, bound_before,
+                             tangent_cosine if longer else None) & active
       secant = r * bound_before / jnp.where(overshoot, bound_before + h, 1)
       return jnp.where(overshoot, jnp.minimum(p, secant), p)
     return jax.tree.map(leaf, rate, proposed, step_h,
-                        signals.previous_grad_norm, step_norm, agrees)
+                        signals.previous_grad_norm, step_norm,
+                        cosine(signals))
   return constraint
 
 
