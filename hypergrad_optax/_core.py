@@ -196,6 +196,34 @@ def rate_signals(
       step_direction_norm=norm("step_direction_norm") if longer else None)
 
 
+def relative_step_limit(params: optax.Params, direction: optax.Updates,
+                        max_ratio: Any, *, granularity: str, dtype,
+                        axis_name: AxisName = None) -> Rate:
+  r"""The largest rate at which the step moves ``params`` by ``max_ratio``.
+
+  .. math::
+    r_{\max} = \kappa \, \|\theta_{t-1}\| / \|d_t\|,
+
+  global norms, or per tensor (a rate per tensor); ``inf`` where either norm
+  is zero or not finite (a zero-initialised tensor at the first step, a zero
+  direction). Relative step sizes are what the trust ratios of LARS and LAMB
+  (You et al., 2017, 2020) and Fromage (Bernstein et al., "On the distance
+  between two neural networks and the stability of learning", NeurIPS 2020)
+  bound; here the limit caps only the adapted rate.
+  """
+  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
+  param_sq, direction_sq = _tree.leaf_sums(
+      [(square, params, params), (square, direction, direction)],
+      "per-tensor", dtype)
+  finish = lambda t: _tree.finish_sums(t, granularity, dtype, axis_name)  # pylint: disable=unnecessary-lambda-assignment
+
+  def leaf(p2, d2):
+    ok = (p2 > 0) & (d2 > 0) & jnp.isfinite(p2) & jnp.isfinite(d2)
+    limit = max_ratio * jnp.sqrt(p2 / jnp.where(ok, d2, 1))
+    return jnp.where(ok, limit, jnp.inf).astype(dtype)
+  return jax.tree.map(leaf, finish(param_sq), finish(direction_sq))
+
+
 def _ordered_after(rate: Rate, tree: optax.Updates,
                    granularity: str) -> optax.Updates:
   """``tree``, selected by a predicate on ``rate`` that always holds.
@@ -414,6 +442,9 @@ def hypergradient_descent(
     curvature: bool = False,
     delayed: bool = False,
     restart_cosine: Optional[float] = None,
+    max_relative_step: Any = None,
+    bound_active: Any = True,
+    min_rate: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a hypergradient optimizer over ``direction``; see module doc.
 
@@ -460,6 +491,12 @@ def hypergradient_descent(
       step overshot and the tangent restarts from the new direction: the
       history before it no longer says how the rate should move (None:
       never).
+    max_relative_step: caps the rate of each step at
+      :func:`relative_step_limit` of this ratio (None: no cap), where the
+      parameters are given and the granularity is global or per tensor.
+    bound_active: a boolean (possibly traced: ``β > 0``) that switches that
+      cap on.
+    min_rate: the rule's lower bound, which that cap respects (None: none).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -542,6 +579,17 @@ def hypergradient_descent(
     else:
       new_direction, inner_state = direction.update(
           updates, inner_state, params, **extra_args)
+    if (max_relative_step is not None and params is not None
+        and granularity != "per-element"):
+      limit = relative_step_limit(params, new_direction, max_relative_step,
+                                  granularity=granularity, dtype=dtype,
+                                  axis_name=axis_name)
+      if min_rate is not None:  # the user's floor wins
+        limit = jax.tree.map(lambda m: jnp.maximum(m, min_rate), limit)
+      cap = lambda r: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
+          lambda r, m: jnp.where(bound_active, jnp.minimum(r, m), r).astype(
+              r.dtype), r, limit)
+      rate, next_rate = cap(rate), cap(next_rate)
     like = updates if params is None else params
     new_updates = scale_by_rate(rate, new_direction, sign=sign,
                                 granularity=granularity, like=like)
@@ -578,7 +626,7 @@ def hypergradient_descent(
 
 
 def build_rule(*, hyper_lr, rule, min_rate, max_rate, overshoot_guard=False,
-               hyper_optimizer=None) -> _rules.RateRule:
+               hyper_optimizer=None, noise_z=None) -> _rules.RateRule:
   """The paper's rule from the public arguments, checked."""
   if not (hyper_optimizer is None
           or isinstance(hyper_optimizer, optax.GradientTransformation)):
@@ -587,7 +635,7 @@ def build_rule(*, hyper_lr, rule, min_rate, max_rate, overshoot_guard=False,
         f"(e.g. optax.adam(1e-4)); got {type(hyper_optimizer).__name__}.")
   return _rules.paper_rule(hyper_lr, rule, min_rate=min_rate,
                            max_rate=max_rate, overshoot_guard=overshoot_guard,
-                           hyper_optimizer=hyper_optimizer)
+                           hyper_optimizer=hyper_optimizer, noise_z=noise_z)
 
 
 # _hyperparams' hyper step on its hyperparameters (the rate rule's, shared).

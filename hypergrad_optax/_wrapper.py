@@ -6,6 +6,7 @@ import warnings
 from typing import Any, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from hypergrad_optax import _core
@@ -26,6 +27,12 @@ _UNSET = object()
 # the first steps, where a too-large start must be cut fast.
 DEFAULT_HORIZON = "run"
 
+# No step moves the parameters by more than this fraction of their norm
+# (max_relative_step; _core.relative_step_limit). Tuned Adam moves the sweep's
+# MLPs by about 1-5 % of their norm per step. At 1, mlp-wine from α0 = 0.1
+# still diverged in 6 of 30 seeds; at 0.3 in none.
+DEFAULT_MAX_RELATIVE_STEP = 0.3
+
 
 def _renamed(new_value, old_value, new_name, old_name):
   """``min_rate``/``max_rate`` bounded the factor, not the rate: renamed."""
@@ -39,19 +46,22 @@ def _renamed(new_value, old_value, new_name, old_name):
 
 
 def _rate_rule(rule, hyper_lr, hyper_optimizer, overshoot_guard, min_scale,
-               max_scale):
-  """The wrapper's rule: a named one, or the user's, guarded and bounded."""
+               max_scale, noise_gate):
+  """The wrapper's rule: a named one, or the user's, guarded, gated and
+  bounded."""
   if not isinstance(rule, rules_lib.RateRule):
     return _core.build_rule(
         hyper_lr=hyper_lr, rule=rule, min_rate=min_scale, max_rate=max_scale,
-        overshoot_guard=overshoot_guard, hyper_optimizer=hyper_optimizer)
+        overshoot_guard=overshoot_guard, hyper_optimizer=hyper_optimizer,
+        noise_z=noise_gate)
   if hyper_optimizer is not None:
     raise ValueError(
         "hyper_optimizer is part of the rule: with rule=RateRule(...), build "
         "it into the rule (rules.descend(feedback, hyper_optimizer)); got "
         "both.")
   return rules_lib.guarded(rule, overshoot_guard=overshoot_guard,
-                           min_rate=min_scale, max_rate=max_scale)
+                           min_rate=min_scale, max_rate=max_scale,
+                           noise_z=noise_gate)
 
 
 def hypergradient(
@@ -69,6 +79,8 @@ def hypergradient(
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
     horizon: Optional[Union[int, str]] = None,
     curvature: bool = False,
+    noise_gate: Optional[float] = None,
+    max_relative_step: Optional[float] = DEFAULT_MAX_RELATIVE_STEP,
     min_rate: Any = _UNSET,
     max_rate: Any = _UNSET,
     delayed: bool = False,
@@ -191,6 +203,28 @@ def hypergradient(
       one more gradient. The inner optimizer's state is held fixed in that
       derivative (exact for SGD; for Adam its moments' dependence on the
       past is dropped).
+    noise_gate: None (default) or :math:`z`: with a horizon over several
+      steps, move the factor only where the running mean of the tangent's
+      cosine clears :math:`z` standard errors in the direction of the move
+      (:func:`hypergrad_optax.rules.noise_gate`, over about 100 steps; e.g.
+      ``rules.NOISE_GATE_Z`` = 1), except where the guard follows an
+      overshooting last step. On a noisy loss plateau it stops the factor's
+      drift (Friedman regression: median regret 3.03 -> 2.49 over 30
+      seeds), but its memory lags where the cosine changes for real: on the
+      Rosenbrock function it blocks the cuts the valley needs (``adam(0.1)``
+      diverges), so it is not the default. No effect with ``horizon=1``.
+    max_relative_step: :math:`\kappa`: each step's factor is capped so that
+      the step moves the parameters by at most :math:`\kappa` times their
+      norm, :math:`s_t \le \kappa \|\theta_{t-1}\| / \|\tilde u_t\|`
+      (global norms, or per tensor with ``granularity='per-tensor'``; not per
+      element, and not when ``update`` is called without ``params``).
+      Default ``DEFAULT_MAX_RELATIVE_STEP`` = 0.3
+      (:func:`hypergrad_optax._core.relative_step_limit`). Without it the
+      factor climbed on smooth stretches until the network diverged (a ReLU
+      MLP under ``adam(0.1)``: a third of the seeds), and a pre-LayerNorm
+      attention block was damaged by its first steps at ``adam(0.1)`` before
+      the hypergradient could answer. Costs two reductions (of the
+      parameters and of the new update). None: no cap (0.3.0).
     delayed: apply each step of the factor one step late (default False):
       step ``t`` uses the factor chosen at step ``t-1`` and :math:`h_t` moves
       that of step ``t+1``, so the update does not wait for the reduction of
@@ -237,6 +271,10 @@ def hypergradient(
   # default into a (traced) array, and the horizon must stay static.
   horizon = DEFAULT_HORIZON if horizon is None else horizon
   _validation.check_horizon(horizon, curvature)
+  if noise_gate is not None:
+    _validation.check_non_negative("noise_gate", noise_gate)
+  if max_relative_step is not None:
+    _validation.check_positive("max_relative_step", max_relative_step)
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(
         "inner must be an optax.GradientTransformation (e.g. optax.adam(1e-3));"
@@ -247,7 +285,7 @@ def hypergradient(
       sign=1.0,
       initial_rate=initial_scale,
       rate_rule=_rate_rule(rule, hyper_lr, hyper_optimizer, overshoot_guard,
-                           min_scale, max_scale),
+                           min_scale, max_scale, noise_gate),
       granularity=granularity,
       buffer_dtype=buffer_dtype,
       axis_name=axis_name,
@@ -259,4 +297,9 @@ def hypergradient(
       restart_cosine=(rules_lib.LAST_STEP_COSINE if overshoot_guard
                       else None),
       delayed=delayed,
+      max_relative_step=max_relative_step,
+      min_rate=min_scale,
+      # β = 0 must reproduce the inner optimizer exactly.
+      bound_active=(True if hyper_optimizer is not None
+                    else jnp.asarray(hyper_lr) > 0),
   )

@@ -38,11 +38,13 @@ nothing under ``jax.jit`` (XLA drops what no rule reads).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from hypergrad_optax import _validation
 
 Rate = Any
 Feedback = Callable[[Rate, "RateSignals"], Rate]
@@ -270,6 +272,12 @@ OVERSHOOT_TANGENT_COSINE = 0.03
 OVERSHOOT_RATIO = 3.0
 
 
+# The noise gate (noise_gate): the tangent's running mean cosine must clear
+# NOISE_GATE_Z standard errors, over about 1 / (1 - NOISE_GATE_DECAY) steps.
+NOISE_GATE_Z = 1.0
+NOISE_GATE_DECAY = 0.99
+
+
 def overshoots(step_hypergradient: Rate, bound: Rate,
                tangent_cosine: Optional[Rate] = None) -> Rate:
   """Whether the overshoot guard reads an overshoot (one leaf or scalar).
@@ -327,6 +335,14 @@ def overshoot_cap(active: Any = True) -> Constraint:
 
 
 
+def follows_last_step(signals: RateSignals,
+                      threshold: float = LAST_STEP_COSINE) -> Rate:
+  """Where :func:`follow_last_step` reads the last step: its cosine exceeds
+  ``threshold`` and the tangent's (needs the ``step_*`` signals)."""
+  return jax.tree.map(lambda c1, c: (c1 > threshold) & (c1 > c),
+                      last_step_cosine(signals), cosine(signals))
+
+
 def follow_last_step(rule: RateRule,
                      threshold: float = LAST_STEP_COSINE) -> RateRule:
   """``rule``, reading the last step's signals where that step overshot.
@@ -353,8 +369,7 @@ def follow_last_step(rule: RateRule,
     if signals.step_hypergradient is None:
       return rule.update(rate, signals, state)
     step_h, step_norm = signals.last_step()
-    follow = jax.tree.map(lambda c1, c: (c1 > threshold) & (c1 > c),
-                          last_step_cosine(signals), cosine(signals))
+    follow = follows_last_step(signals, threshold)
     pick = lambda f, a, b: jnp.where(f, a, b)  # pylint: disable=unnecessary-lambda-assignment
     signals = signals._replace(
         hypergradient=jax.tree.map(pick, follow, step_h,
@@ -363,6 +378,111 @@ def follow_last_step(rule: RateRule,
                                     signals.direction_norm))
     return rule.update(rate, signals, state)
   return RateRule(rule.init, update, rule.keeps_grad_norm)
+
+
+class NoiseGateState(NamedTuple):
+  """State of :func:`noise_gate` (the optimizer state's ``hyper_state``).
+
+  Attributes:
+    inner: the gated rule's state.
+    count: how many steps the running moments hold (int32; a step with a
+      non-finite cosine is not counted).
+    mean: running mean of the tangent's cosine, before bias correction (like
+      the rate: one value, one per tensor or one per element).
+    square: running mean of its square, likewise.
+  """
+  inner: Any
+  count: jax.Array
+  mean: Rate
+  square: Rate
+
+
+def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
+               decay: float = NOISE_GATE_DECAY, *,
+               follow_threshold: Optional[float] = None) -> RateRule:
+  r"""``rule``, moving the rate only where its hypergradient beats its noise.
+
+  The tangent's cosine :math:`c_t` (:func:`cosine`) is a noisy estimate of
+  how the loss depends on the rate; on a plateau its mean is a small fraction
+  of its standard deviation and a rule that follows every step drifts. The
+  gate keeps running moments of :math:`c_t`, bias-corrected like Adam's
+  (Kingma & Ba, 2015),
+
+  .. math::
+    \hat m_t = rac{(1-
+ho)\sum_k 
+ho^{t-k} c_k}{1-
+ho^t}, \quad
+    \hat v_t = rac{(1-
+ho)\sum_k 
+ho^{t-k} c_k^2}{1-
+ho^t}, \quad
+    \mathrm{se}_t = \sqrt{(\hat v_t - \hat m_t^2)\,rac{1-
+ho}{1+
+ho}},
+
+  :math:`\mathrm{se}_t` being the standard error of an exponentially weighted
+  mean of independent samples, and keeps ``rule``'s move only where the
+  evidence points the same way: down where :math:`\hat m_t > z\,
+  \mathrm{se}_t`, up where :math:`\hat m_t < -z\,\mathrm{se}_t`; elsewhere
+  the rate holds. A sequential test of the sign of the cosine's mean, in the
+  spirit of the noise-aware step-size controls of Mahsereci & Hennig
+  ("Probabilistic line searches for stochastic optimization", NeurIPS 2015)
+  and Wu et al.'s short-horizon bias (ICLR 2018), which it does not remove
+  but stops from compounding once the signal is lost in the noise.
+
+  Only with a longer horizon (the ``step_*`` signals given); a no-op for the
+  one-step rule, which stays the paper's. A non-finite cosine leaves the
+  moments and the move to ``rule`` (whose step skips it).
+
+  Args:
+    rule: the rule to gate.
+    z: how many standard errors the running mean must clear.
+    decay: :math:`
+ho`, the moments' decay (about ``1 / (1 - decay)``
+      steps).
+    follow_threshold: where the last step is followed
+      (:func:`follows_last_step` at this threshold: an overshoot), the move
+      is kept whatever the moments say; None: no exception.
+
+  Returns:
+    A :class:`RateRule` whose state is a :class:`NoiseGateState`.
+  """
+  _validation.check_non_negative("z", z)
+  _validation.check_unit_interval("decay", decay)
+
+  def init(rate):
+    zeros = jax.tree.map(jnp.zeros_like, rate)
+    return NoiseGateState(rule.init(rate), jnp.zeros([], jnp.int32), zeros,
+                          zeros)
+
+  def update(rate, signals, state):
+    proposed, inner = rule.update(rate, signals, state.inner)
+    if signals.step_hypergradient is None:
+      return proposed, state._replace(inner=inner)
+    cos = cosine(signals)
+    count = state.count + _all_finite(cos).astype(state.count.dtype)
+    moment = lambda old, c, power: jnp.where(  # pylint: disable=unnecessary-lambda-assignment
+        jnp.isfinite(c), decay * old + (1 - decay) * c ** power,
+        old).astype(old.dtype)
+    mean = jax.tree.map(lambda m, c: moment(m, c, 1), state.mean, cos)
+    square = jax.tree.map(lambda v, c: moment(v, c, 2), state.square, cos)
+    if follow_threshold is None:
+      follow = jax.tree.map(lambda r: jnp.zeros(jnp.shape(r), bool), rate)
+    else:
+      follow = follows_last_step(signals, follow_threshold)
+
+    def leaf(r, p, c, m, v, f):
+      correction = 1 - jnp.asarray(decay, r.dtype) ** count.astype(r.dtype)
+      m, v = m / correction, v / correction
+      error = jnp.sqrt(jnp.maximum(v - m * m, 0) * (1 - decay) / (1 + decay))
+      down, up = m > z * error, m < -z * error
+      keep = f | ~jnp.isfinite(c) | jnp.where(p < r, down, up)
+      return jnp.where(keep, p, r)
+    gated = jax.tree.map(leaf, rate, proposed, cos, mean, square, follow)
+    return gated, NoiseGateState(inner, count, mean, square)
+
+  return RateRule(init, update, rule.keeps_grad_norm)
 
 
 class ScaleByLogRateState(NamedTuple):
@@ -418,30 +538,36 @@ def scale_by_log_rate(step_size: Any, b1: float = 0.9, b2: float = 0.99,
 
 def guarded(rule: RateRule, *, overshoot_guard: bool = False,
             min_rate: Any = None, max_rate: Any = None,
-            active: Any = True) -> RateRule:
+            active: Any = True, noise_z: Any = None) -> RateRule:
   """``rule`` followed by the overshoot guard (optional: the rule follows the
   last step where it overshot, :func:`follow_last_step`, and its rate is
   capped after a large overshoot, :func:`overshoot_cap`, switched by
-  ``active``) and the bounds."""
-  constraints: Sequence[Constraint] = ()
+  ``active``) and the bounds; with ``noise_z``, its moves gated by
+  :func:`noise_gate` at that ``z`` (save where it follows the last step)."""
+  constraints: list[Constraint] = []
   if overshoot_guard:
     rule = follow_last_step(rule)
-    constraints = (overshoot_cap(active),)
+    constraints.append(overshoot_cap(active))
+  if noise_z is not None:
+    rule = noise_gate(rule, noise_z, follow_threshold=(
+        LAST_STEP_COSINE if overshoot_guard else None))
   return constrained(rule, *constraints, bounds(min_rate, max_rate),
                      keeps_grad_norm=overshoot_guard)
 
 
 def paper_rule(hyper_lr: Any, rule: str, *, min_rate: Any = None,
                max_rate: Any = None, overshoot_guard: bool = False,
-               hyper_optimizer: Optional[optax.GradientTransformation] = None
-               ) -> RateRule:
+               hyper_optimizer: Optional[optax.GradientTransformation] = None,
+               noise_z: Any = None) -> RateRule:
   """The paper's rules as a :class:`RateRule`: SGD with ``hyper_lr`` (or
   ``hyper_optimizer``) on the additive or multiplicative feedback, then the
-  overshoot guard (optional; see :func:`guarded`) and the bounds."""
+  overshoot guard and the noise gate (optional; see :func:`guarded`) and the
+  bounds."""
   feedback = {"additive": additive_feedback,
               "multiplicative": multiplicative_feedback}[rule]
   step = sgd(hyper_lr) if hyper_optimizer is None else hyper_optimizer
   # β = 0 must reproduce the inner optimizer exactly: no cap either.
   active = True if hyper_optimizer is not None else jnp.asarray(hyper_lr) > 0
   return guarded(descend(feedback, step), overshoot_guard=overshoot_guard,
-                 min_rate=min_rate, max_rate=max_rate, active=active)
+                 min_rate=min_rate, max_rate=max_rate, active=active,
+                 noise_z=noise_z)

@@ -19,10 +19,12 @@ import hypergrad_optax as hgo
 
 
 def _one_step(*args, **kwargs):
-  """The wrapper with the paper's one-step hypergradient (horizon=1), which
-  the hand-written references below transcribe; the default's horizon has
-  its own references in test_rules.py."""
-  return hgo.hypergradient(*args, horizon=1, **kwargs)
+  """The wrapper with the paper's one-step hypergradient (horizon=1) and no
+  relative step bound, which the hand-written references below transcribe;
+  the default's horizon has its own references in test_rules.py, its bound
+  in test_relative_step.py."""
+  return hgo.hypergradient(*args, horizon=1, max_relative_step=None,
+                           **kwargs)
 
 _ADAM = pytest.mark.standard_promotion  # optax's Adam is not strict-clean
 

@@ -159,13 +159,13 @@ def _train_attention(tx, steps=400, batch=32):
   return _attention_loss(params, x, y)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 10): a far-too-large start on attention with LayerNorm is "
-    "not rescued. From α0 = 0.1 (10x the best rate of the grid) the default "
-    "ends at 0.67 against 0.068 (one-step rule: 0.77; Adam at 0.1: 1.33): "
-    "the factor does fall (to 0.07, a rate near the best), but only after "
-    "the first steps have done their damage (see docs/how_it_works.md)."))
 def test_too_large_start_on_attention_is_brought_down():
+  """From α0 = 0.1 (10x the best rate of the grid) the default ends within
+  2x of the best constant rate's loss (0.077 against 0.068). The
+  hypergradient alone cannot: the first steps do the damage before it
+  answers (0.3.0, max_relative_step=None: 0.47-0.67; the one-step rule:
+  0.77; Adam at 0.1: 1.33). The relative step bound holds those steps at
+  0.3 of the parameters' norm (see docs/how_it_works.md)."""
   grid = jnp.asarray([3e-3, 1e-2, 3e-2])
   best = float(jnp.min(jax.jit(jax.vmap(
       lambda lr: _train_attention(optax.adam(lr))))(grid)))

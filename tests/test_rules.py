@@ -215,7 +215,8 @@ def test_custom_rule_composes_with_guard_and_bounds(x64, guard, max_scale,
                                                     want):
   del x64
   tx = hgo.hypergradient(optax.sgd(2.5), rule=_DOUBLE,
-                         overshoot_guard=guard, max_scale=max_scale)
+                         overshoot_guard=guard, max_scale=max_scale,
+                         max_relative_step=None)
   scales, state = _quadratic_run(tx, 2)
   np.testing.assert_allclose(scales, want, rtol=1e-14)
   assert state.hyper_state == ()
@@ -232,7 +233,7 @@ def test_wrapper_with_log_rate_rule_matches_numpy(x64):
   lr, c, eta, steps = 0.5, 1.5, 0.2, 6
   rule = rules.descend(rules.cosine_feedback, rules.scale_by_log_rate(eta))
   tx = hgo.hypergradient(optax.sgd(lr), rule=rule, overshoot_guard=False,
-                         horizon=1)
+                         horizon=1, max_relative_step=None)
   scales, state = _quadratic_run(tx, steps, theta0=2.0, c=c)
   theta, s, previous, sequence, want = 2.0, 1.0, 0.0, [], []
   for _ in range(steps):
@@ -256,12 +257,13 @@ def test_rule_and_hyper_optimizer_together_raise():
 def test_deprecated_bound_names_warn_and_still_act(x64):
   del x64
   with pytest.warns(DeprecationWarning, match=r"max_rate=.*max_scale"):
-    old = hgo.hypergradient(optax.sgd(2.5), rule=_DOUBLE, max_rate=1.5)
+    old = hgo.hypergradient(optax.sgd(2.5), rule=_DOUBLE, max_rate=1.5,
+                            max_relative_step=None)
   with pytest.warns(DeprecationWarning, match=r"min_rate=.*min_scale"):
     low = hgo.hypergradient(
         optax.sgd(2.5), rule=rules.RateRule(lambda r: (),
                                             lambda r, s, st: (r / 4, st)),
-        min_rate=0.5, overshoot_guard=False)
+        min_rate=0.5, overshoot_guard=False, max_relative_step=None)
   assert _quadratic_run(old, 2)[0] == [1.5, 1.5]
   assert _quadratic_run(low, 2)[0] == [0.5, 0.5]
 
@@ -299,18 +301,21 @@ _BV = np.array([1.0, -1.0, 0.5])
 _THETA0 = np.array([0.3, -0.2, 1.1])
 
 
-def _horizon_reference(lr, beta, rule, horizon, guard, steps):
+def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.3):
   """The wrapper over optax.sgd(lr) on ½θᵀdiag(a)θ - bᵀθ, in numpy.
 
   The rate's hypergradient is taken along Z. With the guard, where the last
   update u alone has a cosine c1 = g·u / (‖g‖ ‖u‖) above 0.8 and above Z's,
   the rule reads g·u and ‖u‖ instead, and Z restarts from the new update;
   the rate is capped at s A / (A + g·u) when g·u > 3 A, A = ‖g_prev‖ ‖u‖,
-  and Z's cosine exceeds 0.03.
-  Returns the per-step (θ, s, Z, u) and how often each guard part acted.
+  and Z's cosine exceeds 0.03. Then (``kappa`` not None) the relative step
+  bound: s ≤ κ ‖θ‖ / ‖u_new‖.
+  Returns the per-step (θ, s, Z, u) and how often each guard part (and the
+  bound) acted.
   """
   theta, s, z, u, g_prev = _THETA0, 1.0, np.zeros(3), np.zeros(3), 0.0
-  history, acted = [], {"capped": 0, "followed": 0, "restarted": 0}
+  history = []
+  acted = {"capped": 0, "followed": 0, "restarted": 0, "bounded": 0}
   cos = lambda h, a, b: h / (a * b) if a * b > 0 else 0.0  # pylint: disable=unnecessary-lambda-assignment
   for t in range(1, steps + 1):
     # 'run': H_t = 2t at the t-th update.
@@ -332,6 +337,10 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps):
       new_s = min(new_s, s * bound / (bound + g @ u))
       acted["capped"] += 1
     u = -lr * g
+    if kappa is not None and new_s > kappa * np.linalg.norm(theta) / (
+        np.linalg.norm(u)):
+      new_s = kappa * np.linalg.norm(theta) / np.linalg.norm(u)
+      acted["bounded"] += 1
     z = (0.0 if restart else mu * min(s / new_s, 1.0)) * z + u
     acted["restarted"] += restart
     s, g_prev = new_s, np.linalg.norm(g)
@@ -359,15 +368,17 @@ def _check_against(tx, history, *, last_update=True):
 @pytest.mark.parametrize("horizon", [2, 10, "run"])
 def test_horizon_tangent_by_hand(x64, rule, horizon):
   """Z_t = μ_t min(s_{t-1}/s_t, 1) Z_{t-1} + ũ_t, μ_t = 1 - 1/H (1 - 1/(2t)
-  for 'run'); h_t = g_t·Z_{t-1}."""
+  for 'run'); h_t = g_t·Z_{t-1}; s_t ≤ 0.3 ‖θ_{t-1}‖ / ‖ũ_t‖ (the default
+  relative step bound)."""
   del x64
   # lr·max(a) = 1.8: the stiff coordinate overshoots (the scale falls) while
   # the soft ones lag (it rises).
   lr, beta = 0.6, (0.5 if rule == "additive" else 0.2)
   tx = hgo.hypergradient(optax.sgd(lr), beta, rule=rule, horizon=horizon,
                          overshoot_guard=False)
-  history, _ = _horizon_reference(lr, beta, rule, horizon, False, 8)
+  history, acted = _horizon_reference(lr, beta, rule, horizon, False, 8)
   _check_against(tx, history)
+  assert acted["bounded"] >= 1, acted  # the relative step bound, too
   # The tangent is not the last update: the horizon acts; and the scale both
   # rose (the ratio's cap at 1 acts) and fell (it does not) along the way.
   _, _, z, u = history[-1]
@@ -387,9 +398,12 @@ def test_horizon_guard_reads_the_last_step_by_hand(x64, horizon):
   """
   del x64
   lr, beta = 1.5, 0.1
-  tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=horizon)
+  # Without the relative step bound, which here keeps the steps from ever
+  # overshooting enough for the cap (it is checked with the tangent above).
+  tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=horizon,
+                         max_relative_step=None)
   history, acted = _horizon_reference(lr, beta, "multiplicative", horizon,
-                                      True, 12)
+                                      True, 12, kappa=None)
   _check_against(tx, history, last_update=False)
   # (Following the last step is checked on its own below.)
   assert acted["capped"] >= 1 and acted["restarted"] >= 1, acted
@@ -480,6 +494,8 @@ _CONFIGS = [
                  id="additive-per-element"),
     pytest.param(dict(horizon=10), id="horizon"),
     pytest.param(dict(horizon=10, curvature=True), id="curvature"),
+    pytest.param(dict(noise_gate=1.0), id="noise-gate"),
+    pytest.param(dict(granularity="per-tensor"), id="per-tensor-bound"),
     pytest.param(dict(granularity="per-tensor", rule=rules.descend(
         rules.cosine_feedback, rules.scale_by_log_rate(0.0))),
                  id="log-rate"),
@@ -595,6 +611,49 @@ def test_follow_last_step_by_hand():
                               step_direction_norm=None)
   new, _ = rule.update(rate, one_step, ())
   np.testing.assert_allclose(new, [1.96, 1.96, 2 * (1 - 0.095)], rtol=1e-6)
+
+
+def test_noise_gate_by_hand():
+  """rules.noise_gate in numpy: bias-corrected running moments of the
+  tangent's cosine c (decay ρ); the rule's move is kept down where
+  m̂ > z se, up where m̂ < -z se, se = sqrt((v̂ - m̂²)(1-ρ)/(1+ρ)), else the
+  rate holds; where the last step is followed it is always kept."""
+  decay, z, beta = 0.5, 1.0, 0.1
+  rule = rules.noise_gate(
+      rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
+      follow_threshold=0.8)
+  # Tangent cosines (‖g‖ = ‖Z‖ = 1); the last step's cosine is 0.9 at step 4
+  # (followed: above 0.8 and the tangent's), 0 elsewhere.
+  cosines = [0.3, -0.2, 0.25, -0.1, 0.05, 0.4]
+  step_cosines = [0.0, 0.0, 0.0, 0.9, 0.0, 0.0]
+  rate = jnp.float32(1.0)
+  state = rule.init(rate)
+  m = v = 0.0
+  want, held = 1.0, []
+  for t, (c, c1) in enumerate(zip(cosines, step_cosines), start=1):
+    signals = rules.RateSignals(
+        jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0), None,
+        jnp.float32(c1), jnp.float32(1.0))
+    rate, state = rule.update(rate, signals, state)
+    m, v = decay * m + (1 - decay) * c, decay * v + (1 - decay) * c * c
+    mean, second = m / (1 - decay ** t), v / (1 - decay ** t)
+    error = math.sqrt(max(second - mean ** 2, 0) * (1 - decay) / (1 + decay))
+    proposed = want * (1 - beta * c)
+    keep = (c1 > 0.8 and c1 > c) or (
+        mean > z * error if proposed < want else mean < -z * error)
+    held.append(not keep)
+    want = proposed if keep else want
+    np.testing.assert_allclose(float(rate), want, rtol=1e-6)
+  assert int(state.count) == len(cosines)
+  # The case exercises moves kept, held, and kept only by following.
+  assert any(held) and not all(held), held
+
+
+def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
+  del x64
+  rule = rules.descend(rules.multiplicative_feedback, rules.sgd(0.1))
+  out, _ = _drive(rules.noise_gate(rule, 1.0, 0.5), 1.0)
+  np.testing.assert_allclose(out, _drive(rule, 1.0)[0], rtol=1e-12)
 
 
 def test_overshoot_cap_with_a_tangent_by_hand():

@@ -81,22 +81,30 @@ _CASES = [
     # into the θ pass in optax.adam, is materialised (read m, v, write) and
     # read by the θ pass and by the copy into ũ_t (read, write): XLA
     # recomputes the cheap -lr scaling in both readers rather than write ũ
-    # once (no multi-output fusion on CPU). 10 + 2 + 4 = 16.
-    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=1), 16,
+    # once (no multi-output fusion on CPU). 10 + 2 + 4 = 16. The relative
+    # step bound (the default max_relative_step) reads θ and ũ_t for their
+    # norms, one more variadic reduction: 2 more, 18.
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=1,
+                                           max_relative_step=None), 16,
+                 id="hypergradient(adam, horizon=1, no bound)", marks=_ADAM),
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=1), 18,
                  id="hypergradient(adam, horizon=1)", marks=_ADAM),
     pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=1,
-                                           delayed=True), 16,
+                                           delayed=True), 18,
                  id="hypergradient(adam, horizon=1)-delayed", marks=_ADAM),
     # A longer horizon (the default 'run', or a fixed one): the rule reads
     # g·Z, ‖Z‖ and ‖g‖ along the tangent and the guard g·d and ‖d‖ along the
     # last update: the same one reduction now reads Z too (1 more; as five
     # reductions: 7 reads); the tangent's update reads Z_{t-1} and ũ_t and
-    # writes Z_t (3 more). 16 + 1 + 3 = 20.
-    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3)), 20,
+    # writes Z_t (3 more). 16 + 1 + 3 = 20; with the bound 22.
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3),
+                                           max_relative_step=None), 20,
+                 id="hypergradient(adam, no bound)", marks=_ADAM),
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3)), 22,
                  id="hypergradient(adam)", marks=_ADAM),
     pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), delayed=True),
-                 20, id="hypergradient(adam)-delayed", marks=_ADAM),
-    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=300), 20,
+                 22, id="hypergradient(adam)-delayed", marks=_ADAM),
+    pytest.param(lambda: hgo.hypergradient(optax.adam(1e-3), horizon=300), 22,
                  id="hypergradient(adam, horizon=300)", marks=_ADAM),
 ]
 
