@@ -586,9 +586,10 @@ def hypergradient_descent(
                                   axis_name=axis_name)
       if min_rate is not None:  # the user's floor wins
         limit = jax.tree.map(lambda m: jnp.maximum(m, min_rate), limit)
-      cap = lambda r: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
-          lambda r, m: jnp.where(bound_active, jnp.minimum(r, m), r).astype(
-              r.dtype), r, limit)
+
+      def cap(tree):
+        return jax.tree.map(lambda r, m: jnp.where(
+            bound_active, jnp.minimum(r, m), r).astype(r.dtype), tree, limit)
       rate, next_rate = cap(rate), cap(next_rate)
     like = updates if params is None else params
     new_updates = scale_by_rate(rate, new_direction, sign=sign,

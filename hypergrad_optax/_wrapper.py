@@ -211,20 +211,21 @@ def hypergradient(
       overshooting last step. On a noisy loss plateau it stops the factor's
       drift (Friedman regression: median regret 3.03 -> 2.49 over 30
       seeds), but its memory lags where the cosine changes for real: on the
-      Rosenbrock function it blocks the cuts the valley needs (``adam(0.1)``
-      diverges), so it is not the default. No effect with ``horizon=1``.
+      Rosenbrock function it blocks the cuts the valley needs
+      (``sgd(0.1)`` and ``adam(0.1)`` stall), so it is not the default. No
+      effect with ``horizon=1``.
     max_relative_step: :math:`\kappa`: each step's factor is capped so that
       the step moves the parameters by at most :math:`\kappa` times their
       norm, :math:`s_t \le \kappa \|\theta_{t-1}\| / \|\tilde u_t\|`
       (global norms, or per tensor with ``granularity='per-tensor'``; not per
       element, and not when ``update`` is called without ``params``).
-      Default ``DEFAULT_MAX_RELATIVE_STEP`` = 0.3
-      (:func:`hypergrad_optax._core.relative_step_limit`). Without it the
-      factor climbed on smooth stretches until the network diverged (a ReLU
-      MLP under ``adam(0.1)``: a third of the seeds), and a pre-LayerNorm
-      attention block was damaged by its first steps at ``adam(0.1)`` before
-      the hypergradient could answer. Costs two reductions (of the
-      parameters and of the new update). None: no cap (0.3.0).
+      Default ``DEFAULT_MAX_RELATIVE_STEP`` = 0.3; never below
+      ``min_scale``. Without it the factor climbed on smooth stretches until
+      the network diverged (a ReLU MLP under ``adam(0.1)``: a third of the
+      seeds), and a pre-LayerNorm attention block was damaged by its first
+      steps at ``adam(0.1)`` before the hypergradient could answer. Costs
+      two reductions (of the parameters and of the new update). None: no
+      cap (0.3.0).
     delayed: apply each step of the factor one step late (default False):
       step ``t`` uses the factor chosen at step ``t-1`` and :math:`h_t` moves
       that of step ``t+1``, so the update does not wait for the reduction of

@@ -409,27 +409,19 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   (Kingma & Ba, 2015),
 
   .. math::
-    \hat m_t = rac{(1-
-ho)\sum_k 
-ho^{t-k} c_k}{1-
-ho^t}, \quad
-    \hat v_t = rac{(1-
-ho)\sum_k 
-ho^{t-k} c_k^2}{1-
-ho^t}, \quad
-    \mathrm{se}_t = \sqrt{(\hat v_t - \hat m_t^2)\,rac{1-
-ho}{1+
-ho}},
+    \hat m_t = \frac{(1-\rho)\sum_k \rho^{t-k} c_k}{1-\rho^t}, \quad
+    \hat v_t = \frac{(1-\rho)\sum_k \rho^{t-k} c_k^2}{1-\rho^t}, \quad
+    \mathrm{se}_t = \sqrt{(\hat v_t - \hat m_t^2)\,\frac{1-\rho}{1+\rho}},
 
   :math:`\mathrm{se}_t` being the standard error of an exponentially weighted
   mean of independent samples, and keeps ``rule``'s move only where the
   evidence points the same way: down where :math:`\hat m_t > z\,
   \mathrm{se}_t`, up where :math:`\hat m_t < -z\,\mathrm{se}_t`; elsewhere
-  the rate holds. A sequential test of the sign of the cosine's mean, in the
-  spirit of the noise-aware step-size controls of Mahsereci & Hennig
-  ("Probabilistic line searches for stochastic optimization", NeurIPS 2015)
-  and Wu et al.'s short-horizon bias (ICLR 2018), which it does not remove
-  but stops from compounding once the signal is lost in the noise.
+  the rate holds: a test of the sign of the cosine's mean against its
+  noise. It does not remove the short-horizon bias (Wu et al., ICLR 2018)
+  but stops it from compounding once the signal is lost in the noise. Its
+  memory lags where the cosine changes for real (after a climb it blocks the
+  cuts that follow): measured, not the default (``docs/how_it_works.md``).
 
   Only with a longer horizon (the ``step_*`` signals given); a no-op for the
   one-step rule, which stays the paper's. A non-finite cosine leaves the

@@ -47,6 +47,9 @@ GROUPS: dict[str, dict[str, Callable[[], optax.GradientTransformation]]] = {
         "hypergradient(adam)": lambda: hgo.hypergradient(optax.adam(1e-3)),
         "hypergradient(adam),bf16": lambda: hgo.hypergradient(
             optax.adam(1e-3), buffer_dtype=jnp.bfloat16),
+        # Without the relative step bound (the 0.3.0 default).
+        "hypergradient(adam),no bound": lambda: hgo.hypergradient(
+            optax.adam(1e-3), max_relative_step=None),
         # The paper's one-step rule (the default before 0.3.0).
         "hypergradient(adam,h=1)": lambda: hgo.hypergradient(
             optax.adam(1e-3), horizon=1),
