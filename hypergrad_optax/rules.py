@@ -430,8 +430,7 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   Args:
     rule: the rule to gate.
     z: how many standard errors the running mean must clear.
-    decay: :math:`
-ho`, the moments' decay (about ``1 / (1 - decay)``
+    decay: :math:`\rho`, the moments' decay (about ``1 / (1 - decay)``
       steps).
     follow_threshold: where the last step is followed
       (:func:`follows_last_step` at this threshold: an overshoot), the move
