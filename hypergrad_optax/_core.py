@@ -124,6 +124,12 @@ def init_rate(value: Any, params: Any, granularity: str,
   return jax.tree.map(lambda p: jnp.full_like(p, value, dtype), params)
 
 
+def _square(x, _):
+  # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
+  # materialises it as a parameter-sized array, an extra memory pass.
+  return jnp.abs(x) * jnp.abs(x)
+
+
 def signal_sums(grads: optax.Updates, previous_direction: optax.Updates,
                 tangent: Optional[optax.Updates], *, granularity: str, dtype,
                 read: Optional[frozenset] = None) -> dict[str, Any]:
@@ -135,16 +141,13 @@ def signal_sums(grads: optax.Updates, previous_direction: optax.Updates,
   pass over its buffers (:func:`hypergrad_optax._tree.leaf_sums`). Per
   element granularity keeps the products, any other the sum of each leaf.
   """
-  # |x|·|x| (= x² exactly): XLA shares a plain x² with optax's Adam and then
-  # materialises it as a parameter-sized array, an extra memory pass.
-  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
   along = previous_direction if tangent is None else tangent
   terms = {"hypergradient": (jnp.multiply, grads, along),
-           "direction_norm": (square, along, along),
-           "grad_norm": (square, grads, grads)}
+           "direction_norm": (_square, along, along),
+           "grad_norm": (_square, grads, grads)}
   if tangent is not None:
     terms["step_hypergradient"] = (jnp.multiply, grads, previous_direction)
-    terms["step_direction_norm"] = (square, previous_direction,
+    terms["step_direction_norm"] = (_square, previous_direction,
                                     previous_direction)
   names = [n for n in terms
            if read is None or n in read or n == "hypergradient"]
@@ -211,9 +214,8 @@ def relative_step_limit(params: optax.Params, direction: optax.Updates,
   between two neural networks and the stability of learning", NeurIPS 2020)
   bound; here the limit caps only the adapted rate.
   """
-  square = lambda x, _: jnp.abs(x) * jnp.abs(x)  # pylint: disable=unnecessary-lambda-assignment
   param_sq, direction_sq = _tree.leaf_sums(
-      [(square, params, params), (square, direction, direction)],
+      [(_square, params, params), (_square, direction, direction)],
       "per-tensor", dtype)
   finish = lambda t: _tree.finish_sums(t, granularity, dtype, axis_name)  # pylint: disable=unnecessary-lambda-assignment
 
@@ -590,7 +592,8 @@ def hypergradient_descent(
       def cap(tree):
         return jax.tree.map(lambda r, m: jnp.where(
             bound_active, jnp.minimum(r, m), r).astype(r.dtype), tree, limit)
-      rate, next_rate = cap(rate), cap(next_rate)
+      next_rate = cap(next_rate)
+      rate = cap(rate) if delayed else next_rate
     like = updates if params is None else params
     new_updates = scale_by_rate(rate, new_direction, sign=sign,
                                 granularity=granularity, like=like)

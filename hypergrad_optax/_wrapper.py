@@ -6,7 +6,6 @@ import warnings
 from typing import Any, Optional, Union
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from hypergrad_optax import _core
@@ -300,7 +299,5 @@ def hypergradient(
       delayed=delayed,
       max_relative_step=max_relative_step,
       min_rate=min_scale,
-      # β = 0 must reproduce the inner optimizer exactly.
-      bound_active=(True if hyper_optimizer is not None
-                    else jnp.asarray(hyper_lr) > 0),
+      bound_active=rules_lib.rule_active(hyper_lr, hyper_optimizer),
   )

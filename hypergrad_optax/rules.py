@@ -386,7 +386,8 @@ class NoiseGateState(NamedTuple):
   Attributes:
     inner: the gated rule's state.
     count: how many steps the running moments hold (int32; a step with a
-      non-finite cosine is not counted).
+      non-finite cosine, in any tensor, is left out of the moments and the
+      count).
     mean: running mean of the tangent's cosine, before bias correction (like
       the rate: one value, one per tensor or one per element).
     square: running mean of its square, likewise.
@@ -452,12 +453,15 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     if signals.step_hypergradient is None:
       return proposed, state._replace(inner=inner)
     cos = cosine(signals)
-    count = state.count + _all_finite(cos).astype(state.count.dtype)
-    moment = lambda old, c, power: jnp.where(  # pylint: disable=unnecessary-lambda-assignment
-        jnp.isfinite(c), decay * old + (1 - decay) * c ** power,
-        old).astype(old.dtype)
-    mean = jax.tree.map(lambda m, c: moment(m, c, 1), state.mean, cos)
-    square = jax.tree.map(lambda v, c: moment(v, c, 2), state.square, cos)
+    # A step with a non-finite cosine leaves the moments and the count alone.
+    finite = _all_finite(cos)
+    keep_if_finite = lambda new, old: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
+        lambda n, o: jnp.where(finite, n, o).astype(o.dtype), new, old)
+    count = state.count + finite.astype(state.count.dtype)
+    mean = keep_if_finite(
+        optax.tree.update_moment(cos, state.mean, decay, 1), state.mean)
+    square = keep_if_finite(
+        optax.tree.update_moment(cos, state.square, decay, 2), state.square)
     if follow_threshold is None:
       follow = jax.tree.map(lambda r: jnp.zeros(jnp.shape(r), bool), rate)
     else:
@@ -546,6 +550,14 @@ def guarded(rule: RateRule, *, overshoot_guard: bool = False,
                      keeps_grad_norm=overshoot_guard)
 
 
+def rule_active(hyper_lr: Any,
+                hyper_optimizer: Optional[optax.GradientTransformation]) -> Any:
+  """Whether the guards and bounds act: β = 0 (with the plain SGD step) must
+  reproduce the inner optimizer exactly, so they are off there (traced when
+  ``hyper_lr`` is)."""
+  return True if hyper_optimizer is not None else jnp.asarray(hyper_lr) > 0
+
+
 def paper_rule(hyper_lr: Any, rule: str, *, min_rate: Any = None,
                max_rate: Any = None, overshoot_guard: bool = False,
                hyper_optimizer: Optional[optax.GradientTransformation] = None,
@@ -557,8 +569,7 @@ def paper_rule(hyper_lr: Any, rule: str, *, min_rate: Any = None,
   feedback = {"additive": additive_feedback,
               "multiplicative": multiplicative_feedback}[rule]
   step = sgd(hyper_lr) if hyper_optimizer is None else hyper_optimizer
-  # β = 0 must reproduce the inner optimizer exactly: no cap either.
-  active = True if hyper_optimizer is not None else jnp.asarray(hyper_lr) > 0
   return guarded(descend(feedback, step), overshoot_guard=overshoot_guard,
-                 min_rate=min_rate, max_rate=max_rate, active=active,
+                 min_rate=min_rate, max_rate=max_rate,
+                 active=rule_active(hyper_lr, hyper_optimizer),
                  noise_z=noise_z)
