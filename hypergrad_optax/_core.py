@@ -84,9 +84,11 @@ class ScaleByHypergradientState(NamedTuple):
     previous_update: the wrapped optimizer's previous (unscaled) update.
     previous_grad_norm: with ``overshoot_guard``, ``‖g_{t-1}‖`` reduced like
       the scale; ``()`` otherwise.
-    hyper_state: with a ``hyper_optimizer``, its state (the scale is its
-      params; a hypergradient state again when stacked); ``()`` for the
-      default plain-SGD rule.
+    hyper_state: the rule's state: with the default noise gate a
+      :class:`hypergrad_optax.rules.NoiseGateState` (the running moments of
+      the tangent's cosine; since 0.5.0); with a ``hyper_optimizer``, its
+      state (the scale is its params; a hypergradient state again when
+      stacked); ``()`` for the plain-SGD rule without the gate.
     tangent: with a horizon over several steps (the default), the
       discounted tangent ``Z_{t-1}`` the rate's hypergradient is taken along
       (see :func:`decay_tangent`); ``()`` with the one-step rule

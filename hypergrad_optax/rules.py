@@ -272,10 +272,24 @@ OVERSHOOT_TANGENT_COSINE = 0.03
 OVERSHOOT_RATIO = 3.0
 
 
-# The noise gate (noise_gate): the tangent's running mean cosine must clear
-# NOISE_GATE_Z standard errors, over about 1 / (1 - NOISE_GATE_DECAY) steps.
-NOISE_GATE_Z = 1.0
+# The noise gate (noise_gate, on by default since 0.5.0): the tangent's
+# running mean cosine must clear NOISE_GATE_Z standard errors, over about
+# 1 / (1 - NOISE_GATE_DECAY) steps, or this step's cosine must lie more than
+# NOISE_GATE_DEVIATION_Z running standard deviations from that mean (a
+# Shewhart control limit). Without the second test the gate stalled
+# hypergradient(optax.sgd(0.1)) on the Rosenbrock function at (0.96, 0.92)
+# and optax.adam(0.1) at (0.60, 0.31): riding the edge of stability the mean
+# cosine is -0.4 (std 0.5), and it blocked the overshoots' cuts (cosine
+# +0.5, a step in six). With it at 1.5, sgd(0.1) wandered near (0.99, 0.98)
+# instead of converging and two of optax's contrib-suite bases
+# (noisy_sgd, optimistic_gradient_descent) crawled on Rosenbrock; at 1.0 all
+# converge. Over 30 seeds of mlp-friedman (worst / median regret over
+# α0 = 1e-1 ... 1e-5): z = 1: 3.14 / 2.86, z = 2: 3.06 / 2.72 (ungated:
+# 3.25 / 3.03); z = 3 and the deviation test alone were not better (10
+# seeds). docs/results.md, section (i).
+NOISE_GATE_Z = 2.0
 NOISE_GATE_DECAY = 0.99
+NOISE_GATE_DEVIATION_Z = 1.0
 
 
 def overshoots(step_hypergradient: Rate, bound: Rate,
@@ -385,21 +399,22 @@ class NoiseGateState(NamedTuple):
 
   Attributes:
     inner: the gated rule's state.
-    count: how many steps the running moments hold (int32; a step with a
-      non-finite cosine, in any tensor, is left out of the moments and the
-      count).
-    mean: running mean of the tangent's cosine, before bias correction (like
-      the rate: one value, one per tensor or one per element).
+    count: how many steps the running moments hold (int32, like the rate:
+      one, one per tensor or one per element; a step whose cosine is not
+      finite there is left out of its moments and count).
+    mean: running mean of the tangent's cosine, before bias correction, like
+      the rate.
     square: running mean of its square, likewise.
   """
   inner: Any
-  count: jax.Array
+  count: Rate
   mean: Rate
   square: Rate
 
 
 def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                decay: float = NOISE_GATE_DECAY, *,
+               deviation_z: Optional[float] = NOISE_GATE_DEVIATION_Z,
                follow_threshold: Optional[float] = None) -> RateRule:
   r"""``rule``, moving the rate only where its hypergradient beats its noise.
 
@@ -420,9 +435,17 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   \mathrm{se}_t`, up where :math:`\hat m_t < -z\,\mathrm{se}_t`; elsewhere
   the rate holds: a test of the sign of the cosine's mean against its
   noise. It does not remove the short-horizon bias (Wu et al., ICLR 2018)
-  but stops it from compounding once the signal is lost in the noise. Its
-  memory lags where the cosine changes for real (after a climb it blocks the
-  cuts that follow): measured, not the default (``docs/how_it_works.md``).
+  but stops it from compounding once the signal is lost in the noise.
+
+  The running mean lags where the cosine changes for real (an overshoot on
+  the edge of stability, the cuts after a climb). So a move passes too where
+  this step's cosine alone lies outside the noise band, in the move's
+  direction: down where :math:`c_t - \hat m_{t-1} > z_d\, \hat\sigma_{t-1}`,
+  up where :math:`\hat m_{t-1} - c_t > z_d\, \hat\sigma_{t-1}`, with
+  :math:`\hat\sigma_{t-1} = \sqrt{\hat v_{t-1} - \hat m_{t-1}^2}` from the
+  moments before this step (a Shewhart control limit, Shewhart 1931: a
+  sample beyond it is a change, not noise). Measured in
+  ``docs/how_it_works.md``.
 
   Only with a longer horizon (the ``step_*`` signals given); a no-op for the
   one-step rule, which stays the paper's. A non-finite cosine leaves the
@@ -433,31 +456,56 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     z: how many standard errors the running mean must clear.
     decay: :math:`\rho`, the moments' decay (about ``1 / (1 - decay)``
       steps).
+    deviation_z: :math:`z_d`; None: no move passes on its own sample.
     follow_threshold: where the last step is followed
       (:func:`follows_last_step` at this threshold: an overshoot), the move
       is kept whatever the moments say; None: no exception.
 
   Returns:
     A :class:`RateRule` whose state is a :class:`NoiseGateState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from hypergrad_optax import rules
+    >>> gated = rules.noise_gate(rules.descend(
+    ...     rules.multiplicative_feedback, rules.sgd(0.1)), z=2.0)
+    >>> int(gated.init(jnp.float32(1.0)).count)
+    0
+
+  References:
+    Kingma & Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, ICLR 2015 (the bias correction);
+    Wu, Ren, Liao & Grosse, `Understanding Short-Horizon Bias in Stochastic
+    Meta-Optimization <https://arxiv.org/abs/1803.02021>`_, ICLR 2018;
+    Shewhart, *Economic Control of Quality of Manufactured Product*, 1931
+    (control limits).
   """
   _validation.check_non_negative("z", z)
   _validation.check_unit_interval("decay", decay)
+  if deviation_z is not None:
+    _validation.check_non_negative("deviation_z", deviation_z)
 
   def init(rate):
-    zeros = jax.tree.map(jnp.zeros_like, rate)
-    return NoiseGateState(rule.init(rate), jnp.zeros([], jnp.int32), zeros,
-                          zeros)
+    # Separate buffers for the two moments: a state holding one buffer twice
+    # cannot be donated.
+    return NoiseGateState(rule.init(rate),
+                          optax.tree.zeros_like(rate, dtype=jnp.int32),
+                          optax.tree.zeros_like(rate),
+                          optax.tree.zeros_like(rate))
 
   def update(rate, signals, state):
     proposed, inner = rule.update(rate, signals, state.inner)
     if signals.step_hypergradient is None:
       return proposed, state._replace(inner=inner)
     cos = cosine(signals)
-    # A step with a non-finite cosine leaves the moments and the count alone.
-    finite = _all_finite(cos)
+    # A non-finite cosine leaves its entry's moments and count alone. Per
+    # entry, not over the whole rate: a per-element rate's entries may live
+    # on different devices, where an `all` would need a collective.
+    finite = jax.tree.map(jnp.isfinite, cos)
     keep_if_finite = lambda new, old: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
-        lambda n, o: jnp.where(finite, n, o).astype(o.dtype), new, old)
-    count = state.count + finite.astype(state.count.dtype)
+        lambda n, o, f: jnp.where(f, n, o).astype(o.dtype), new, old, finite)
+    count = jax.tree.map(lambda n, f: n + f.astype(n.dtype), state.count,
+                         finite)
     mean = keep_if_finite(
         optax.tree.update_moment(cos, state.mean, decay, 1), state.mean)
     square = keep_if_finite(
@@ -467,14 +515,28 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     else:
       follow = follows_last_step(signals, follow_threshold)
 
-    def leaf(r, p, c, m, v, f):
-      correction = 1 - jnp.asarray(decay, r.dtype) ** count.astype(r.dtype)
+    def moments(m, v, n):
+      # Bias-corrected mean and variance after n steps (none: zero and zero).
+      correction = 1 - jnp.asarray(decay, m.dtype) ** n.astype(m.dtype)
+      correction = jnp.where(n > 0, correction, 1)
       m, v = m / correction, v / correction
-      error = jnp.sqrt(jnp.maximum(v - m * m, 0) * (1 - decay) / (1 + decay))
+      return m, jnp.maximum(v - m * m, 0)
+
+    def leaf(r, p, c, m, v, n, m0, v0, n0, f):
+      m, var = moments(m, v, n)
+      error = jnp.sqrt(var * (1 - decay) / (1 + decay))
       down, up = m > z * error, m < -z * error
+      if deviation_z is not None:
+        m0, var0 = moments(m0, v0, n0)
+        band = deviation_z * jnp.sqrt(var0)
+        # Not on the first step: no band yet.
+        seen = n0 > 0
+        down = down | (seen & (c - m0 > band))
+        up = up | (seen & (m0 - c > band))
       keep = f | ~jnp.isfinite(c) | jnp.where(p < r, down, up)
       return jnp.where(keep, p, r)
-    gated = jax.tree.map(leaf, rate, proposed, cos, mean, square, follow)
+    gated = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
+                         state.mean, state.square, state.count, follow)
     return gated, NoiseGateState(inner, count, mean, square)
 
   return RateRule(init, update, rule.keeps_grad_norm)

@@ -555,15 +555,19 @@ def test_state_stable_under_jit_and_nan_never_reaches_the_rate(config):
     assert shapes(new_state) == initial
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     if t == 3:  # the rate and the rule's state are left as they were
-      if config.get("granularity") == "per-element":  # where g is NaN
-        jax.tree.map(lambda new, old, x: np.testing.assert_array_equal(
-            np.where(np.isnan(x), new, old), old), new_state.scale,
-                     state.scale, g)
+      per_rate = [new_state.scale]
+      if isinstance(state.hyper_state, rules.NoiseGateState):
+        per_rate += list(new_state.hyper_state[1:])
       else:
-        jax.tree.map(np.testing.assert_array_equal, new_state.scale,
-                     state.scale)
-      jax.tree.map(np.testing.assert_array_equal, new_state.hyper_state,
-                   state.hyper_state)
+        jax.tree.map(np.testing.assert_array_equal, new_state.hyper_state,
+                     state.hyper_state)
+      olds = [state.scale] + list(state.hyper_state[1:])
+      for new, old in zip(per_rate, olds):
+        if config.get("granularity") == "per-element":  # where g is NaN
+          jax.tree.map(lambda n, o, x: np.testing.assert_array_equal(
+              np.where(np.isnan(x), n, o), o), new, old, g)
+        else:
+          jax.tree.map(np.testing.assert_array_equal, new, old)
     else:
       params = optax.apply_updates(params, updates)
     state = new_state
@@ -613,40 +617,55 @@ def test_follow_last_step_by_hand():
   np.testing.assert_allclose(new, [1.96, 1.96, 2 * (1 - 0.095)], rtol=1e-6)
 
 
-def test_noise_gate_by_hand():
+@pytest.mark.parametrize("deviation_z", [None, 1.0])
+def test_noise_gate_by_hand(deviation_z):
   """rules.noise_gate in numpy: bias-corrected running moments of the
   tangent's cosine c (decay ρ); the rule's move is kept down where
-  m̂ > z se, up where m̂ < -z se, se = sqrt((v̂ - m̂²)(1-ρ)/(1+ρ)), else the
-  rate holds; where the last step is followed it is always kept."""
+  m̂ > z se, up where m̂ < -z se, se = sqrt((v̂ - m̂²)(1-ρ)/(1+ρ)); with
+  deviation_z, also down where c - m̂' > z_d σ', up where m̂' - c > z_d σ'
+  (m̂', σ' the moments before the step); else the rate holds. Where the
+  last step is followed the move is always kept."""
   decay, z, beta = 0.5, 1.0, 0.1
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
-      follow_threshold=0.8)
+      deviation_z=deviation_z, follow_threshold=0.8)
   # Tangent cosines (‖g‖ = ‖Z‖ = 1); the last step's cosine is 0.9 at step 4
   # (followed: above 0.8 and the tangent's), 0 elsewhere.
-  cosines = [0.3, -0.2, 0.25, -0.1, 0.05, 0.4]
-  step_cosines = [0.0, 0.0, 0.0, 0.9, 0.0, 0.0]
+  cosines = [0.3, -0.2, 0.25, -0.1, 0.05, 0.4, -0.6, 0.02]
+  step_cosines = [0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 0.0]
   rate = jnp.float32(1.0)
   state = rule.init(rate)
   m = v = 0.0
-  want, held = 1.0, []
+  want, held, by_deviation = 1.0, [], []
   for t, (c, c1) in enumerate(zip(cosines, step_cosines), start=1):
     signals = rules.RateSignals(
         jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0), None,
         jnp.float32(c1), jnp.float32(1.0))
     rate, state = rule.update(rate, signals, state)
+    deviation_down = deviation_up = False
+    if deviation_z is not None and t > 1:
+      before = 1 - decay ** (t - 1)
+      mean0 = m / before
+      sigma0 = math.sqrt(max(v / before - mean0 ** 2, 0))
+      deviation_down = c - mean0 > deviation_z * sigma0
+      deviation_up = mean0 - c > deviation_z * sigma0
     m, v = decay * m + (1 - decay) * c, decay * v + (1 - decay) * c * c
     mean, second = m / (1 - decay ** t), v / (1 - decay ** t)
     error = math.sqrt(max(second - mean ** 2, 0) * (1 - decay) / (1 + decay))
     proposed = want * (1 - beta * c)
-    keep = (c1 > 0.8 and c1 > c) or (
-        mean > z * error if proposed < want else mean < -z * error)
+    down = proposed < want
+    by_mean = mean > z * error if down else mean < -z * error
+    by_dev = deviation_down if down else deviation_up
+    keep = (c1 > 0.8 and c1 > c) or by_mean or by_dev
     held.append(not keep)
+    by_deviation.append(by_dev and not by_mean)
     want = proposed if keep else want
     np.testing.assert_allclose(float(rate), want, rtol=1e-6)
   assert int(state.count) == len(cosines)
-  # The case exercises moves kept, held, and kept only by following.
+  # The case exercises moves kept, held, and kept only by following (step
+  # 4) or only by the deviation test.
   assert any(held) and not all(held), held
+  assert any(by_deviation) == (deviation_z is not None), by_deviation
 
 
 def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
@@ -654,6 +673,59 @@ def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
   rule = rules.descend(rules.multiplicative_feedback, rules.sgd(0.1))
   out, _ = _drive(rules.noise_gate(rule, 1.0, 0.5), 1.0)
   np.testing.assert_allclose(out, _drive(rule, 1.0)[0], rtol=1e-12)
+
+
+def test_default_noise_gate_gates_only_the_builtin_rules_longer_horizon():
+  """noise_gate='auto' (the default) gates the built-in rules' plain step
+  with a horizon over several steps, at rules.NOISE_GATE_Z; the one-step
+  rule, a hyper-optimizer and a custom rule keep their own states."""
+  params = jnp.zeros(3)
+  gated = hgo.hypergradient(optax.sgd(0.1)).init(params).hyper_state
+  assert isinstance(gated, rules.NoiseGateState)
+  assert gated.inner == () and int(gated.count) == 0
+  for kw in (dict(horizon=1), dict(noise_gate=None),
+             dict(rule="additive", horizon=1)):
+    assert hgo.hypergradient(optax.sgd(0.1), **kw).init(params).hyper_state == ()
+  adam = hgo.hypergradient(optax.sgd(0.1), hyper_optimizer=optax.adam(1e-2))
+  assert isinstance(adam.init(params).hyper_state[0], optax.ScaleByAdamState)
+  custom = rules.descend(rules.cosine_feedback, rules.scale_by_log_rate(0.1))
+  state = hgo.hypergradient(optax.sgd(0.1), rule=custom).init(params)
+  assert isinstance(state.hyper_state, rules.ScaleByLogRateState)
+  # An explicit z gates them too.
+  state = hgo.hypergradient(optax.sgd(0.1), rule=custom, noise_gate=1.0).init(
+      params)
+  assert isinstance(state.hyper_state.inner, rules.ScaleByLogRateState)
+
+
+def test_default_noise_gate_is_z_2_with_the_deviation_test():
+  """The default and an explicit noise_gate=2 step alike (the same gate),
+  and on a noisy quadratic the gate holds some moves (z = 1 and ungated
+  end elsewhere)."""
+  params = {"w": jnp.zeros(8)}
+  target = jnp.linspace(-1.0, 1.0, 8)
+
+  def run(tx):
+    def step(p, state, key):
+      noisy = {"w": p["w"] - target + 0.5 * jax.random.normal(key, (8,))}
+      updates, state = tx.update(noisy, state, p)
+      return optax.apply_updates(p, updates), state
+    step = jax.jit(step)
+    p, state = params, tx.init(params)
+    for t in range(100):
+      p, state = step(p, state, jax.random.key(t))
+    return float(state.scale)
+
+  assert rules.NOISE_GATE_Z == 2.0 and rules.NOISE_GATE_DEVIATION_Z == 1.0
+  default = run(hgo.hypergradient(optax.sgd(0.05)))
+  assert default == run(hgo.hypergradient(optax.sgd(0.05), noise_gate=2.0))
+  assert default != run(hgo.hypergradient(optax.sgd(0.05), noise_gate=None))
+  assert default != run(hgo.hypergradient(optax.sgd(0.05), noise_gate=1.0))
+
+
+@pytest.mark.parametrize("value", ["on", -1.0, float("nan")])
+def test_noise_gate_argument_is_checked(value):
+  with pytest.raises(ValueError, match="noise_gate"):
+    hgo.hypergradient(optax.sgd(0.1), noise_gate=value)
 
 
 def test_overshoot_cap_with_a_tangent_by_hand():

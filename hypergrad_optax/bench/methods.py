@@ -339,15 +339,15 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
-  register("hypergradient_gated", "hd",
-           lambda a, base: hgo.hypergradient(
-               base(a), noise_gate=hgo.rules.NOISE_GATE_Z),
-           "hypergradient(base(α0), noise_gate=1): the factor moves only where "
-           "the tangent's mean cosine clears its noise", groups=("horizon",))
+  register("hypergradient_v040", "hd",
+           lambda a, base: hgo.hypergradient(base(a), noise_gate=None),
+           "hypergradient(base(α0), noise_gate=None): the 0.4.0 default, "
+           "without the noise gate", groups=("horizon",))
   register("hypergradient_v030", "hd",
-           lambda a, base: hgo.hypergradient(base(a), max_relative_step=None),
-           "hypergradient(base(α0), max_relative_step=None): the 0.3.0 "
-           "default", groups=("horizon",))
+           lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
+                                             max_relative_step=None),
+           "hypergradient(base(α0), noise_gate=None, max_relative_step=None): "
+           "the 0.3.0 default", groups=("horizon",))
   register("adam_hd", "hd", lambda a, base: hgo.adam_hd(a, BETA_ADAM),
            f"adam_hd(α0, {BETA_ADAM:g}): the paper's additive Adam-HD",
            groups=default)
