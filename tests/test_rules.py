@@ -555,14 +555,15 @@ def test_state_stable_under_jit_and_nan_never_reaches_the_rate(config):
     assert shapes(new_state) == initial
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     if t == 3:  # the rate and the rule's state are left as they were
-      per_rate = [new_state.scale]
+      # Per rate entry: the scale and the noise gate's count and moments.
+      pairs = [(new_state.scale, state.scale)]
       if isinstance(state.hyper_state, rules.NoiseGateState):
-        per_rate += list(new_state.hyper_state[1:])
+        pairs += list(zip(new_state.hyper_state[1:], state.hyper_state[1:]))
+        rest_new, rest_old = new_state.hyper_state.inner, state.hyper_state.inner
       else:
-        jax.tree.map(np.testing.assert_array_equal, new_state.hyper_state,
-                     state.hyper_state)
-      olds = [state.scale] + list(state.hyper_state[1:])
-      for new, old in zip(per_rate, olds):
+        rest_new, rest_old = new_state.hyper_state, state.hyper_state
+      jax.tree.map(np.testing.assert_array_equal, rest_new, rest_old)
+      for new, old in pairs:
         if config.get("granularity") == "per-element":  # where g is NaN
           jax.tree.map(lambda n, o, x: np.testing.assert_array_equal(
               np.where(np.isnan(x), n, o), o), new, old, g)
