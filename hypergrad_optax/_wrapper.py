@@ -227,10 +227,11 @@ def hypergradient(
       about 100 steps), or where this step's cosine lies more than
       ``rules.NOISE_GATE_DEVIATION_Z`` = 1 running standard deviations from
       that mean in that direction (:func:`hypergrad_optax.rules.noise_gate`),
-      and where the guard follows an overshooting last step. On a noisy loss plateau it stops the
-      factor's drift (Friedman regression over 30 seeds, worst / median
-      regret: 3.06 / 2.72 against 3.25 / 3.03 ungated); on deterministic
-      runs the deviation test lets the overshoots' cuts through. None
+      and where the guard follows an overshooting last step. On a noisy loss
+      plateau it stops the factor's drift (Friedman regression over 30
+      seeds, worst / median regret: 3.06 / 2.72 against 3.25 / 3.03
+      ungated); on deterministic runs the deviation test lets the
+      overshoots' cuts through. None
       restores the 0.4.0 default (its checkpoints: ``docs/recipes.md``). No
       effect with ``horizon=1``.
     max_relative_step: :math:`\kappa`: each step's factor is capped so that

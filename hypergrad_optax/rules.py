@@ -502,8 +502,10 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     # entry, not over the whole rate: a per-element rate's entries may live
     # on different devices, where an `all` would need a collective.
     finite = jax.tree.map(jnp.isfinite, cos)
-    keep_if_finite = lambda new, old: jax.tree.map(  # pylint: disable=unnecessary-lambda-assignment
-        lambda n, o, f: jnp.where(f, n, o).astype(o.dtype), new, old, finite)
+
+    def keep_if_finite(new, old):
+      return jax.tree.map(lambda n, o, f: jnp.where(f, n, o).astype(o.dtype),
+                          new, old, finite)
     count = jax.tree.map(lambda n, f: n + f.astype(n.dtype), state.count,
                          finite)
     mean = keep_if_finite(

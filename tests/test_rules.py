@@ -559,7 +559,8 @@ def test_state_stable_under_jit_and_nan_never_reaches_the_rate(config):
       pairs = [(new_state.scale, state.scale)]
       if isinstance(state.hyper_state, rules.NoiseGateState):
         pairs += list(zip(new_state.hyper_state[1:], state.hyper_state[1:]))
-        rest_new, rest_old = new_state.hyper_state.inner, state.hyper_state.inner
+        rest_new = new_state.hyper_state.inner
+        rest_old = state.hyper_state.inner
       else:
         rest_new, rest_old = new_state.hyper_state, state.hyper_state
       jax.tree.map(np.testing.assert_array_equal, rest_new, rest_old)
@@ -686,7 +687,8 @@ def test_default_noise_gate_gates_only_the_builtin_rules_longer_horizon():
   assert gated.inner == () and int(gated.count) == 0
   for kw in (dict(horizon=1), dict(noise_gate=None),
              dict(rule="additive", horizon=1)):
-    assert hgo.hypergradient(optax.sgd(0.1), **kw).init(params).hyper_state == ()
+    state = hgo.hypergradient(optax.sgd(0.1), **kw).init(params)
+    assert state.hyper_state == ()
   adam = hgo.hypergradient(optax.sgd(0.1), hyper_optimizer=optax.adam(1e-2))
   assert isinstance(adam.init(params).hyper_state[0], optax.ScaleByAdamState)
   custom = rules.descend(rules.cosine_feedback, rules.scale_by_log_rate(0.1))
