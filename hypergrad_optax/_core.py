@@ -632,7 +632,7 @@ def hypergradient_descent(
 
 
 def build_rule(*, hyper_lr, rule, min_rate, max_rate, overshoot_guard=False,
-               hyper_optimizer=None, noise_z=None) -> _rules.RateRule:
+               hyper_optimizer=None, gate=None) -> _rules.RateRule:
   """The paper's rule from the public arguments, checked."""
   if not (hyper_optimizer is None
           or isinstance(hyper_optimizer, optax.GradientTransformation)):
@@ -641,7 +641,7 @@ def build_rule(*, hyper_lr, rule, min_rate, max_rate, overshoot_guard=False,
         f"(e.g. optax.adam(1e-4)); got {type(hyper_optimizer).__name__}.")
   return _rules.paper_rule(hyper_lr, rule, min_rate=min_rate,
                            max_rate=max_rate, overshoot_guard=overshoot_guard,
-                           hyper_optimizer=hyper_optimizer, noise_z=noise_z)
+                           hyper_optimizer=hyper_optimizer, gate=gate)
 
 
 # _hyperparams' hyper step on its hyperparameters (the rate rule's, shared).

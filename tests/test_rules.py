@@ -6,6 +6,7 @@ library's code.
 """
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -619,18 +620,21 @@ def test_follow_last_step_by_hand():
   np.testing.assert_allclose(new, [1.96, 1.96, 2 * (1 - 0.095)], rtol=1e-6)
 
 
-@pytest.mark.parametrize("deviation_z", [None, 1.0])
-def test_noise_gate_by_hand(deviation_z):
+@pytest.mark.parametrize("deviation_z, log_step",
+                         [(None, None), (1.0, None), (1.0, 0.05)])
+def test_noise_gate_by_hand(deviation_z, log_step):
   """rules.noise_gate in numpy: bias-corrected running moments of the
   tangent's cosine c (decay ρ); the rule's move is kept down where
   m̂ > z se, up where m̂ < -z se, se = sqrt((v̂ - m̂²)(1-ρ)/(1+ρ)); with
   deviation_z, also down where c - m̂' > z_d σ', up where m̂' - c > z_d σ'
   (m̂', σ' the moments before the step); else the rate holds. Where the
-  last step is followed the move is always kept."""
+  last step is followed the move is always kept. With log_step η, a kept
+  increase where m̂ < 0 is multiplied by exp(-m̂ (η/√v̂ - β)⁺)."""
   decay, z, beta = 0.5, 1.0, 0.1
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
-      deviation_z=deviation_z, follow_threshold=0.8)
+      deviation_z=deviation_z, log_step=log_step, rule_speed=beta,
+      follow_threshold=0.8)
   # Tangent cosines (‖g‖ = ‖Z‖ = 1); the last step's cosine is 0.9 at step 4
   # (followed: above 0.8 and the tangent's), 0 elsewhere.
   cosines = [0.3, -0.2, 0.25, -0.1, 0.05, 0.4, -0.6, 0.02]
@@ -638,7 +642,7 @@ def test_noise_gate_by_hand(deviation_z):
   rate = jnp.float32(1.0)
   state = rule.init(rate)
   m = v = 0.0
-  want, held, by_deviation = 1.0, [], []
+  want, held, by_deviation, lengthened = 1.0, [], [], []
   for t, (c, c1) in enumerate(zip(cosines, step_cosines), start=1):
     signals = rules.RateSignals(
         jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0), None,
@@ -661,13 +665,20 @@ def test_noise_gate_by_hand(deviation_z):
     keep = (c1 > 0.8 and c1 > c) or by_mean or by_dev
     held.append(not keep)
     by_deviation.append(by_dev and not by_mean)
+    gain = 0.0 if log_step is None else max(
+        log_step / math.sqrt(second) - beta, 0.0)
+    if keep and proposed > want and mean < 0 and gain > 0:
+      proposed *= math.exp(-gain * mean)
+      lengthened.append(t)
     want = proposed if keep else want
     np.testing.assert_allclose(float(rate), want, rtol=1e-6)
   assert int(state.count) == len(cosines)
   # The case exercises moves kept, held, and kept only by following (step
-  # 4) or only by the deviation test.
+  # 4) or only by the deviation test; and some moves lengthened, not all.
   assert any(held) and not all(held), held
   assert any(by_deviation) == (deviation_z is not None), by_deviation
+  assert (0 < len(lengthened) < len(cosines) - sum(held)) == (
+      log_step is not None), lengthened
 
 
 def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
@@ -701,34 +712,77 @@ def test_default_noise_gate_gates_only_the_builtin_rules_longer_horizon():
 
 
 def test_default_noise_gate_is_z_2_with_the_deviation_test():
-  """The default and an explicit noise_gate=2 step alike (the same gate),
-  and on a noisy quadratic the gate holds some moves (z = 1 and ungated
-  end elsewhere)."""
-  params = {"w": jnp.zeros(8)}
-  target = jnp.linspace(-1.0, 1.0, 8)
+  """The default, an explicit noise_gate=2 and rules.NoiseGate() step alike
+  (the same gate, no log step); on a noisy quadratic the gate holds some
+  moves (z = 1 and ungated end elsewhere) and, in many dimensions where
+  the tangent's cosine is small, the opt-in log step lifts the factor."""
+  def run(tx, dim, noise):
+    target = jnp.linspace(-1.0, 1.0, dim)
 
-  def run(tx):
     def step(p, state, key):
-      noisy = {"w": p["w"] - target + 0.5 * jax.random.normal(key, (8,))}
-      updates, state = tx.update(noisy, state, p)
+      grads = {"w": p["w"] - target + noise * jax.random.normal(key, (dim,))}
+      updates, state = tx.update(grads, state, p)
       return optax.apply_updates(p, updates), state
     step = jax.jit(step)
-    p, state = params, tx.init(params)
+    p = {"w": jnp.zeros(dim)}
+    state = tx.init(p)
     for t in range(100):
       p, state = step(p, state, jax.random.key(t))
     return float(state.scale)
 
+  def scale(dim, noise, **kw):
+    return run(hgo.hypergradient(optax.sgd(0.05), **kw), dim, noise)
+
   assert rules.NOISE_GATE_Z == 2.0 and rules.NOISE_GATE_DEVIATION_Z == 1.0
-  default = run(hgo.hypergradient(optax.sgd(0.05)))
-  assert default == run(hgo.hypergradient(optax.sgd(0.05), noise_gate=2.0))
-  assert default != run(hgo.hypergradient(optax.sgd(0.05), noise_gate=None))
-  assert default != run(hgo.hypergradient(optax.sgd(0.05), noise_gate=1.0))
+  assert rules.NoiseGate().log_step is None
+  for dim, noise in ((8, 0.5), (256, 2.0)):
+    default = scale(dim, noise)
+    for same in (2.0, rules.NoiseGate()):
+      assert default == scale(dim, noise, noise_gate=same)
+  assert scale(8, 0.5) != scale(8, 0.5, noise_gate=None)
+  assert scale(8, 0.5) != scale(8, 0.5, noise_gate=1.0)
+  log_step = rules.NoiseGate(log_step=0.05)
+  assert scale(256, 2.0, noise_gate=log_step) > 1.2 * scale(256, 2.0)
 
 
-@pytest.mark.parametrize("value", ["on", -1.0, float("nan")])
-def test_noise_gate_argument_is_checked(value):
-  with pytest.raises(ValueError, match="noise_gate"):
+@pytest.mark.parametrize("value, name", [
+    ("on", "noise_gate"), (-1.0, "noise_gate"), (float("nan"), "noise_gate"),
+    (rules.NoiseGate(z=-1.0), "noise_gate.z"),
+    (rules.NoiseGate(decay=1.0), "noise_gate.decay"),
+    (rules.NoiseGate(deviation_z=-1.0), "noise_gate.deviation_z"),
+    (rules.NoiseGate(log_step=float("inf")), "noise_gate.log_step")])
+def test_noise_gate_argument_is_checked(value, name):
+  with pytest.raises(ValueError, match=f"^{re.escape(name)} must"):
     hgo.hypergradient(optax.sgd(0.1), noise_gate=value)
+
+
+def test_log_step_only_with_the_multiplicative_rules_plain_step():
+  """The gate's log step needs the rule's own drift per unit of cosine:
+  the multiplicative rule's hyper_lr. The additive rule and a
+  hyper-optimizer step as without it; a custom rule gets it in full."""
+  def final_scale(**kw):
+    tx = hgo.hypergradient(optax.sgd(0.05), **kw)
+
+    @jax.jit
+    def step(params, state, key):
+      grads = params - 1.0 + 2.0 * jax.random.normal(key, (256,))
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+    params = jnp.zeros(256)
+    state = tx.init(params)
+    for t in range(100):
+      params, state = step(params, state, jax.random.key(t))
+    return float(state.scale)
+
+  with_step, without = rules.NoiseGate(log_step=0.05), rules.NoiseGate()
+  assert final_scale(noise_gate=with_step) != final_scale(noise_gate=without)
+  for kw in (dict(rule="additive", hyper_lr=1e-3),
+             dict(hyper_optimizer=optax.sgd(0.1))):
+    assert (final_scale(noise_gate=with_step, **kw)
+            == final_scale(noise_gate=without, **kw)), kw
+  custom = rules.descend(rules.multiplicative_feedback, rules.sgd(0.1))
+  assert (final_scale(rule=custom, noise_gate=with_step)
+          != final_scale(rule=custom, noise_gate=without))
 
 
 def test_overshoot_cap_with_a_tangent_by_hand():

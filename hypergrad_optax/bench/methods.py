@@ -339,6 +339,11 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
+  register("hypergradient_logstep", "hd",
+           lambda a, base: hgo.hypergradient(
+               base(a), noise_gate=hgo.rules.NoiseGate(log_step=0.05)),
+           "hypergradient(base(α0), noise_gate=rules.NoiseGate(log_step="
+           "0.05)): the gate's opt-in log step", groups=("horizon",))
   register("hypergradient_v040", "hd",
            lambda a, base: hgo.hypergradient(base(a), noise_gate=None),
            "hypergradient(base(α0), noise_gate=None): the 0.4.0 default, "
