@@ -61,6 +61,9 @@ OPTIMIZERS = [
     pytest.param(lambda: hgo.hypergradient(
         optax.sgd(0.1), granularity="per-element",
         buffer_dtype=jnp.bfloat16), id="wrap-sgd-per-element-bf16-buffer"),
+    pytest.param(lambda: hgo.hypergradient(
+        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(log_step=0.05)),
+                 id="wrap-sgd-log-step"),
     pytest.param(lambda: hgo.sgd_hd(0.1, 1e-2, momentum=0.9, nesterov=True,
                                     granularity="per-tensor"),
                  id="sgdn_hd-per-tensor"),

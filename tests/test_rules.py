@@ -496,6 +496,10 @@ _CONFIGS = [
     pytest.param(dict(horizon=10), id="horizon"),
     pytest.param(dict(horizon=10, curvature=True), id="curvature"),
     pytest.param(dict(noise_gate=1.0), id="noise-gate"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=0.05)),
+                 id="log-step"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=0.05),
+                      granularity="per-element"), id="log-step-per-element"),
     pytest.param(dict(granularity="per-tensor"), id="per-tensor-bound"),
     pytest.param(dict(granularity="per-tensor", rule=rules.descend(
         rules.cosine_feedback, rules.scale_by_log_rate(0.0))),
