@@ -684,8 +684,8 @@ def guarded(rule: RateRule, *, overshoot_guard: bool = False,
     rule = follow_last_step(rule)
     constraints.append(overshoot_cap(active))
   if gate is not None:
-    rule = noise_gate(rule, gate.z, gate.decay, deviation_z=gate.deviation_z,
-                      log_step=gate.log_step, rule_speed=rule_speed,
+    # NoiseGate's fields are noise_gate's keyword arguments.
+    rule = noise_gate(rule, **gate._asdict(), rule_speed=rule_speed,
                       follow_threshold=(
                           LAST_STEP_COSINE if overshoot_guard else None))
   return constrained(rule, *constraints, bounds(min_rate, max_rate),
