@@ -28,7 +28,9 @@ def test_signals_by_hand():
 
 
 def test_overshoot_flag_matches_the_guard():
-  tx, params, state = _after_one_step()
+  # Without the relative step bound, which would hold both steps below the
+  # cap (at 0.1 ‖θ‖ / ‖ũ‖: 0.5, then 0.05).
+  tx, params, state = _after_one_step(max_relative_step=None)
   grads = jnp.array([-20.0, 40.0])  # h = 4 + 16 = 20 > 3A = 6
   info = hgo.diagnose(grads, state)
   assert bool(info["overshoot"])
@@ -42,7 +44,7 @@ def test_overshoot_needs_the_tangent_to_agree():
   # Z = (2, 1) is orthogonal to g_1: its cosine 0 is below
   # rules.OVERSHOOT_TANGENT_COSINE, so neither diagnose nor the guard calls it
   # an overshoot, and the cap (2/22) does not act. (Without the relative step
-  # bound, which would hold this step of norm 2√5 at 0.3 ‖θ‖ = 0.3√5.)
+  # bound, which would hold this step of norm 2√5 at 0.1 ‖θ‖ = 0.1√5.)
   tx, params, state = _after_one_step(max_relative_step=None)
   np.testing.assert_allclose(state.tangent, [-0.2, 0.4], rtol=1e-6)
   state = state._replace(tangent=jnp.array([2.0, 1.0]))

@@ -344,10 +344,16 @@ def _register_defaults():
                base(a), noise_gate=hgo.rules.NoiseGate(log_step=0.05)),
            "hypergradient(base(α0), noise_gate=rules.NoiseGate(log_step="
            "0.05)): the gate's opt-in log step", groups=("horizon",))
+  register("hypergradient_v060", "hd",
+           lambda a, base: hgo.hypergradient(base(a), max_relative_step=0.3),
+           "hypergradient(base(α0), max_relative_step=0.3): the 0.5.0 and "
+           "0.6.0 default, with the wider relative step bound",
+           groups=("horizon",))
   register("hypergradient_v040", "hd",
-           lambda a, base: hgo.hypergradient(base(a), noise_gate=None),
-           "hypergradient(base(α0), noise_gate=None): the 0.4.0 default, "
-           "without the noise gate", groups=("horizon",))
+           lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
+                                             max_relative_step=0.3),
+           "hypergradient(base(α0), noise_gate=None, max_relative_step=0.3): "
+           "the 0.4.0 default, without the noise gate", groups=("horizon",))
   register("hypergradient_v030", "hd",
            lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
                                              max_relative_step=None),
