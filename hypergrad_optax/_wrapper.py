@@ -35,8 +35,8 @@ DEFAULT_HORIZON = "run"
 # α0 = 0.1 still diverged in 6 of 30 seeds; at 0.3 in none (0.4.0 to 0.6.0),
 # but under a warmup to a peak of 0.1 the charlm transformer's first steps
 # move 27-43 % of its norm: held at 30 %, the norm still grew from 88 to 331
-# in 40 steps and the run ended on the unigram plateau (1.29x tuned AdamW); at
-# 0.1 it ends at 1.08x (0.15: 1.24x). docs/results.md, section (k).
+# in 40 steps and the run ended on the unigram plateau (1.30x tuned AdamW); at
+# 0.1 it ends at 1.09x (0.15: 1.25x). docs/results.md, section (k).
 DEFAULT_MAX_RELATIVE_STEP = 0.1
 
 
