@@ -68,13 +68,7 @@ def _noise_gate(noise_gate, rule, hyper_optimizer, horizon):
   if not isinstance(noise_gate, rules_lib.NoiseGate):
     _validation.check_non_negative("noise_gate", noise_gate)
     return rules_lib.NoiseGate(z=noise_gate)
-  _validation.check_non_negative("noise_gate.z", noise_gate.z)
-  _validation.check_unit_interval("noise_gate.decay", noise_gate.decay)
-  for name in ("deviation_z", "log_step"):
-    if getattr(noise_gate, name) is not None:
-      _validation.check_non_negative(f"noise_gate.{name}",
-                                     getattr(noise_gate, name))
-  return noise_gate
+  return noise_gate.checked("noise_gate.")
 
 
 def _rate_rule(rule, hyper_lr, hyper_optimizer, overshoot_guard, min_scale,

@@ -321,6 +321,16 @@ class NoiseGate(NamedTuple):
   deviation_z: Optional[float] = NOISE_GATE_DEVIATION_Z
   log_step: Optional[float] = None
 
+  def checked(self, prefix: str = "") -> "NoiseGate":
+    """These settings, each checked; an error names ``prefix`` + the field
+    (``'noise_gate.'`` from the wrapper)."""
+    _validation.check_non_negative(prefix + "z", self.z)
+    _validation.check_unit_interval(prefix + "decay", self.decay)
+    for name in ("deviation_z", "log_step"):
+      if getattr(self, name) is not None:
+        _validation.check_non_negative(prefix + name, getattr(self, name))
+    return self
+
 
 def overshoots(step_hypergradient: Rate, bound: Rate,
                tangent_cosine: Optional[Rate] = None) -> Rate:
@@ -541,12 +551,7 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     Shewhart, *Economic Control of Quality of Manufactured Product*, 1931
     (control limits).
   """
-  _validation.check_non_negative("z", z)
-  _validation.check_unit_interval("decay", decay)
-  if deviation_z is not None:
-    _validation.check_non_negative("deviation_z", deviation_z)
-  if log_step is not None:
-    _validation.check_non_negative("log_step", log_step)
+  NoiseGate(z, decay, deviation_z, log_step).checked()
 
   def init(rate):
     # Separate buffers for the two moments: a state holding one buffer twice
