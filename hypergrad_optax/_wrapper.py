@@ -244,15 +244,16 @@ def hypergradient(
       plateau it stops the factor's drift (Friedman regression over 30
       seeds, worst / median regret: 3.06 / 2.72 against 3.25 / 3.03
       ungated); on deterministic runs the deviation test lets the
-      overshoots' cuts through. ``NoiseGate(log_step=0.05)`` (opt-in, new
-      in 0.6.0) also lengthens the kept increases where the multiplicative
-      rule's own drift is slower than the evidence warrants (Friedman: 2.88
-      / 2.18; but some digits runs from large starts ended at up to 58x
-      tuned Adam's loss). The
-      additive rule and a ``hyper_optimizer`` get no log step (their drift
-      per unit of cosine is not ``hyper_lr``); a custom rule gets it in
-      full. None restores the 0.4.0 default (its checkpoints:
-      ``docs/recipes.md``). No effect with ``horizon=1``.
+      overshoots' cuts through. Its log step (``NoiseGate.log_step`` =
+      0.05, default since 0.8.0) lengthens the kept increases where the
+      multiplicative rule's own drift is slower than the evidence warrants,
+      up to the last rate the overshoot guard read as an overshoot
+      (Friedman: 2.89 / 2.20). The additive rule and a ``hyper_optimizer``
+      get no log step (their drift per unit of cosine is not
+      ``hyper_lr``); a custom rule gets it in full.
+      ``NoiseGate(log_step=None)`` restores the 0.5.0-0.7.0 gate, None the
+      0.4.0 default (their checkpoints: ``docs/recipes.md``). No effect
+      with ``horizon=1``.
     max_relative_step: :math:`\kappa`: each step's factor is capped so that
       the step moves the parameters by at most :math:`\kappa` times their
       norm, :math:`s_t \le \kappa \|\theta_{t-1}\| / \|\tilde u_t\|`

@@ -292,15 +292,27 @@ NOISE_GATE_DECAY = 0.99
 NOISE_GATE_DEVIATION_Z = 1.0
 
 
+# The gate's log step (opt-in in 0.6.0 and 0.7.0, default since 0.8.0, with
+# its ceiling at the last rate that overshot). Over 30 seeds, worst / median
+# regret over α0 = 1e-1 ... 1e-5 (0.7.0's relative step bound, 0.1):
+# mlp-friedman 2.89 / 2.20 against 3.06 / 2.72 without the log step;
+# mlp-wine 1.00 / 0.996 against 1.03 / 0.997; mlp-digits-long (10 seeds)
+# 0.970 / 0.966 against 0.990 / 0.987. Without the ceiling one digits run of
+# 90 from 0.0316 ended at 14.9x tuned Adam's loss (at the 0.3 bound of 0.6.0:
+# 6 runs, up to 58x): after each overshoot's cut the rate climbed straight
+# back past the rate that had overshot. docs/results.md, section (l).
+NOISE_GATE_LOG_STEP = 0.05
+
+
 class NoiseGate(NamedTuple):
   """The noise gate's settings: ``hypergradient(noise_gate=NoiseGate(...))``.
 
   A number ``z`` passed as ``noise_gate`` means ``NoiseGate(z)``. See
-  :func:`noise_gate` for what each does. ``log_step=0.05`` (opt-in) lets the
-  rate climb off a noisy plateau: over 30 seeds it took the Friedman
-  regression's median regret from 2.72 to 2.18, but 6 of 90 runs of a
-  digits MLP from large starts ended 1.3-58x tuned Adam's loss (none above
-  1.03x without); see ``docs/how_it_works.md`` ("The log step").
+  :func:`noise_gate` for what each does. The log step (default since 0.8.0;
+  ``log_step=None`` gives back the 0.7.0 gate) lets the rate climb off a
+  noisy plateau, up to the last rate that overshot: over 30 seeds it took
+  the Friedman regression's median regret from 2.72 to 2.20; see
+  ``docs/how_it_works.md`` ("The log step").
 
   Attributes:
     z: how many standard errors the cosine's running mean must clear.
@@ -308,18 +320,19 @@ class NoiseGate(NamedTuple):
     deviation_z: the control limit, in running standard deviations, beyond
       which this step's cosine passes its move on its own; None: none.
     log_step: the least upward drift of the log-rate per step along a
-      clear mean; None (default): the rule's own moves.
+      clear mean (``NOISE_GATE_LOG_STEP`` = 0.05); None: the rule's own
+      moves (the 0.5.0-0.7.0 default).
 
   Example:
     >>> import optax, hypergrad_optax as hgo
     >>> from hypergrad_optax import rules
     >>> tx = hgo.hypergradient(optax.adam(1e-3),
-    ...                        noise_gate=rules.NoiseGate(log_step=0.05))
+    ...                        noise_gate=rules.NoiseGate(log_step=None))
   """
   z: float = NOISE_GATE_Z
   decay: float = NOISE_GATE_DECAY
   deviation_z: Optional[float] = NOISE_GATE_DEVIATION_Z
-  log_step: Optional[float] = None
+  log_step: Optional[float] = NOISE_GATE_LOG_STEP
 
   def checked(self, prefix: str = "") -> "NoiseGate":
     """These settings, each checked; an error names ``prefix`` + the field
@@ -445,17 +458,22 @@ class NoiseGateState(NamedTuple):
     mean: running mean of the tangent's cosine, before bias correction, like
       the rate.
     square: running mean of its square, likewise.
+    ceiling: the rate of the last step the overshoot guard read as an
+      overshoot, above which the log step lengthens no increase (like the
+      rate; 0 before any: no ceiling; new in 0.8.0).
   """
   inner: Any
   count: Rate
   mean: Rate
   square: Rate
+  ceiling: Rate
 
 
 def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                decay: float = NOISE_GATE_DECAY, *,
                deviation_z: Optional[float] = NOISE_GATE_DEVIATION_Z,
-               log_step: Optional[float] = None, rule_speed: Any = 0.0,
+               log_step: Optional[float] = NOISE_GATE_LOG_STEP,
+               rule_speed: Any = 0.0,
                follow_threshold: Optional[float] = None) -> RateRule:
   r"""``rule``, moving the rate only where its hypergradient beats its noise.
 
@@ -511,6 +529,17 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   rates, and lengthening the cuts too amplified it (measured in
   ``docs/how_it_works.md``).
 
+  The evidence for a climb is gathered below the rate it leads to, and a
+  rate whose step overshot is known to be too large: the lengthening stops
+  at the ceiling :math:`c_t`, the rate of the last step the overshoot guard
+  read as an overshoot (:func:`overshoots`; none before any, and without
+  the guard), :math:`r_t \leftarrow \min(r_t, \max(r'_t, c_t))`;
+  above it only ``rule``'s own move passes. This is TCP's slow-start
+  threshold (Jacobson, 1988: grow fast up to the window that last lost
+  packets, slowly beyond), without its halving. Without it the rate climbed
+  back past the overshooting rate after each of the guard's cuts, a
+  sawtooth that left some noisy runs far above their best loss.
+
   Only with a longer horizon (the ``step_*`` signals given); a no-op for the
   one-step rule, which stays the paper's. A non-finite cosine leaves the
   moments and the move to ``rule`` (whose step skips it).
@@ -529,7 +558,9 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       with none).
     follow_threshold: where the last step is followed
       (:func:`follows_last_step` at this threshold: an overshoot), the move
-      is kept whatever the moments say; None: no exception.
+      is kept whatever the moments say; None: no exception. Given (the
+      overshoot guard is on), the guard's readings set the log step's
+      ceiling where ``signals`` carry ``previous_grad_norm``.
 
   Returns:
     A :class:`RateRule` whose state is a :class:`NoiseGateState`.
@@ -549,7 +580,10 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     Wu, Ren, Liao & Grosse, `Understanding Short-Horizon Bias in Stochastic
     Meta-Optimization <https://arxiv.org/abs/1803.02021>`_, ICLR 2018;
     Shewhart, *Economic Control of Quality of Manufactured Product*, 1931
-    (control limits).
+    (control limits);
+    Jacobson, `Congestion Avoidance and Control
+    <https://doi.org/10.1145/52324.52356>`_, SIGCOMM 1988 (the slow-start
+    threshold).
   """
   NoiseGate(z, decay, deviation_z, log_step).checked()
 
@@ -558,6 +592,7 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     # cannot be donated.
     return NoiseGateState(rule.init(rate),
                           optax.tree.zeros_like(rate, dtype=jnp.int32),
+                          optax.tree.zeros_like(rate),
                           optax.tree.zeros_like(rate),
                           optax.tree.zeros_like(rate))
 
@@ -591,16 +626,31 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       correction = jnp.where(n > 0, correction, 1)
       return m / correction, v / correction
 
-    def lengthen(r, p, m, v):
+    # The guard's reading needs ‖g_{t-1}‖, kept only with the guard.
+    if (log_step is not None and follow_threshold is not None
+        and signals.previous_grad_norm is not None):
+      step_h, step_norm = signals.last_step()
+      ceiling = jax.tree.map(
+          lambda r, c, h, g_before, d, cos_t: jnp.where(
+              overshoots(h, g_before * d, cos_t), r, c).astype(c.dtype),
+          rate, state.ceiling, step_h, signals.previous_grad_norm, step_norm,
+          cos)
+    else:
+      ceiling = state.ceiling
+
+    def lengthen(r, p, m, v, top):
       # Increases only, where the rule's own drift β|m̂| falls short of
-      # η|m̂| / √v̂.
+      # η|m̂| / √v̂, and up to the ceiling (the rule's own move may pass it).
       rms = jnp.sqrt(v)
       gain = jnp.asarray(log_step, m.dtype) / jnp.where(rms > 0, rms, 1)
       gain = jnp.maximum(gain - jnp.asarray(rule_speed, m.dtype), 0)
       agrees = (p > r) & (m < 0) & (rms > 0)
-      return jnp.where(agrees, p * jnp.exp(-gain * m).astype(p.dtype), p)
+      longer = p * jnp.exp(-gain * m).astype(p.dtype)
+      longer = jnp.where(top > 0, jnp.minimum(longer, jnp.maximum(top, p)),
+                         longer).astype(p.dtype)
+      return jnp.where(agrees, longer, p)
 
-    def leaf(r, p, c, m, v, n, m0, v0, n0, f):
+    def leaf(r, p, c, m, v, n, m0, v0, n0, f, top):
       m, v = moments(m, v, n)
       var = jnp.maximum(v - m * m, 0)
       error = jnp.sqrt(var * (1 - decay) / (1 + decay))
@@ -614,11 +664,12 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
         up = up | (seen & (m0 - c > band))
       keep = f | ~jnp.isfinite(c) | jnp.where(p < r, down, up)
       if log_step is not None:
-        p = jnp.where(jnp.isfinite(c), lengthen(r, p, m, v), p)
+        p = jnp.where(jnp.isfinite(c), lengthen(r, p, m, v, top), p)
       return jnp.where(keep, p, r)
     gated = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
-                         state.mean, state.square, state.count, follow)
-    return gated, NoiseGateState(inner, count, mean, square)
+                         state.mean, state.square, state.count, follow,
+                         ceiling)
+    return gated, NoiseGateState(inner, count, mean, square, ceiling)
 
   return RateRule(init, update, rule.keeps_grad_norm)
 

@@ -37,9 +37,9 @@ OPTIMIZERS = {
         granularity="per-tensor", **kw),
     "wrap-sgd-per-element": lambda **kw: hgo.hypergradient(
         optax.sgd(0.2), granularity="per-element", **kw),
-    "wrap-sgd-per-element-log-step": lambda **kw: hgo.hypergradient(
+    "wrap-sgd-per-element-gate-0.7.0": lambda **kw: hgo.hypergradient(
         optax.sgd(0.2), granularity="per-element",
-        noise_gate=hgo.rules.NoiseGate(log_step=0.05), **kw),
+        noise_gate=hgo.rules.NoiseGate(log_step=None), **kw),
     "sgd_hd": lambda **kw: hgo.sgd_hd(0.2, hyper_lr=0.05, **kw),
     "sgdn_hd-multiplicative": lambda **kw: hgo.sgd_hd(
         0.05, hyper_lr=0.05, momentum=0.9, nesterov=True,
@@ -286,7 +286,8 @@ SCENARIOS = {
     # stored previous directions.
     "shard_map_fsdp": (shard_map_fsdp,
                        ["wrap-adam", "wrap-sgd-additive-per-tensor",
-                        "wrap-sgd-per-element", "wrap-sgd-per-element-log-step",
+                        "wrap-sgd-per-element",
+                        "wrap-sgd-per-element-gate-0.7.0",
                         "sgdn_hd-multiplicative",
                         "adam_hd", "adamw_hd-per-tensor", "adapt-adam"]),
     "shard_map_fsdp_2d": (

@@ -62,8 +62,8 @@ OPTIMIZERS = [
         optax.sgd(0.1), granularity="per-element",
         buffer_dtype=jnp.bfloat16), id="wrap-sgd-per-element-bf16-buffer"),
     pytest.param(lambda: hgo.hypergradient(
-        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(log_step=0.05)),
-                 id="wrap-sgd-log-step"),
+        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(log_step=None)),
+                 id="wrap-sgd-gate-0.7.0"),
     pytest.param(lambda: hgo.sgd_hd(0.1, 1e-2, momentum=0.9, nesterov=True,
                                     granularity="per-tensor"),
                  id="sgdn_hd-per-tensor"),
@@ -277,25 +277,25 @@ def test_state_bytes_per_variant():
   # The extra: a count and the rate (4 B each), plus the previous direction
   # where stored and the wrapper's tangent (its default horizon), plus
   # ||g_{t-1}|| with the overshoot guard (the wrapper's default), plus one
-  # rate per tensor or per element, plus the noise gate's count and two
-  # running moments per rate entry (12 B; the wrapper's default with its
-  # default horizon).
+  # rate per tensor or per element, plus the noise gate's count, two
+  # running moments and the log step's ceiling per rate entry (16 B; the
+  # wrapper's default with its default horizon).
   variants = {
       "hypergradient(sgd)": (hgo.hypergradient(optax.sgd(0.1)), sgd,
-                             8 * n + 12 + 12),
+                             8 * n + 12 + 16),
       "hypergradient(sgd), one-step": (
           hgo.hypergradient(optax.sgd(0.1), horizon=1), sgd, 4 * n + 12),
       "hypergradient(sgd), bf16 buffer": (
           hgo.hypergradient(optax.sgd(0.1), buffer_dtype=bf16), sgd,
-          4 * n + 12 + 12),
+          4 * n + 12 + 16),
       "hypergradient(adam)": (hgo.hypergradient(optax.adam(1e-2)), adam,
-                              8 * n + 12 + 12),
+                              8 * n + 12 + 16),
       "hypergradient(adam), per-tensor": (
           hgo.hypergradient(optax.adam(1e-2), granularity="per-tensor"),
-          adam, 8 * n + 4 + 8 * leaves + 12 * leaves),
+          adam, 8 * n + 4 + 8 * leaves + 16 * leaves),
       "hypergradient(adam), per-element": (
           hgo.hypergradient(optax.adam(1e-2), granularity="per-element"),
-          adam, 8 * n + 4 + 8 * n + 12 * n),
+          adam, 8 * n + 4 + 8 * n + 16 * n),
       "sgd_hd": (hgo.sgd_hd(0.1), sgd, 4 * n + 8),
       "sgd_hd, bf16 buffer": (hgo.sgd_hd(0.1, buffer_dtype=bf16), sgd,
                               2 * n + 8),

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import hypergrad_optax as hgo
+from hypergrad_optax.bench import data, tasks, train
 
 # optax.adam is not strict-clean (see conftest.py).
 pytestmark = pytest.mark.standard_promotion
@@ -195,3 +196,46 @@ def test_too_large_peak_after_a_short_warmup_is_brought_down():
   final = float(jax.jit(lambda: _train_attention(
       hgo.hypergradient(optax.adam(_warmup(0.1)))))())
   assert final <= 1.1 * best, (final, best)
+
+
+def test_log_step_climbs_fast_only_up_to_the_last_rate_that_overshot():
+  """The sweep's digits MLP (mlp-digits-long: ReLU, batch 32) from
+  adam(0.0316), seed 0, 40 epochs, per step: the state's ceiling is the
+  factor before the last step diagnosed as an overshoot; the gate's log
+  step lengthens many climbs past the rule's own step s (1 - β cos)
+  (``longer``), and none beyond the ceiling. With the ceiling switched off
+  103 steps climb fast above it: the rate climbed straight back past the
+  rate that had overshot (docs/how_it_works.md, "The log step's ceiling")."""
+  task = tasks.TASKS["mlp-digits-long"]
+  dataset = data.load(task.dataset, None)
+  model = task.model()
+  loss = tasks.loss_fn(task, model)
+  x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+  rng = np.random.default_rng(0)
+  batches = jnp.asarray(np.concatenate([
+      train.epoch_batches(rng, len(x), task.batch_size) for _ in range(40)]))
+  tx = hgo.hypergradient(optax.adam(0.0316))
+
+  def step(carry, idx):
+    params, state = carry
+    grads = jax.grad(loss)(params, x[idx], y[idx])
+    info = hgo.diagnose(grads, state)
+    updates, new = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), new), (
+        state.scale, new.scale, new.hyper_state.ceiling, info["overshoot"],
+        info["cosine"])
+
+  params = model.init(jax.random.key(0), x.shape[1:])
+  _, trace = jax.jit(lambda p: jax.lax.scan(
+      step, (p, tx.init(p)), batches))(params)
+  before, after, ceiling, overshoot, cosine = map(np.asarray, trace)
+  assert overshoot.sum() >= 2, overshoot.sum()
+  previous = np.concatenate([[0.0], ceiling[:-1]])
+  np.testing.assert_array_equal(ceiling,
+                                np.where(overshoot, before, previous))
+  own = before * (1 - 0.1 * cosine)
+  longer = after > own * (1 + 1e-4)
+  assert (longer & (ceiling > 0)).sum() > 100, longer.sum()
+  fast_above = ((ceiling > 0) & (after > before)
+                & (after > np.maximum(ceiling, own) * (1 + 1e-5)))
+  assert not fast_above.any(), np.nonzero(fast_above)[0][:10]

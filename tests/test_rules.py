@@ -496,10 +496,9 @@ _CONFIGS = [
     pytest.param(dict(horizon=10), id="horizon"),
     pytest.param(dict(horizon=10, curvature=True), id="curvature"),
     pytest.param(dict(noise_gate=1.0), id="noise-gate"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=0.05)),
-                 id="log-step"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=0.05),
-                      granularity="per-element"), id="log-step-per-element"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None)),
+                 id="gate-0.7.0"),
+    pytest.param(dict(granularity="per-element"), id="per-element"),
     pytest.param(dict(granularity="per-tensor"), id="per-tensor-bound"),
     pytest.param(dict(granularity="per-tensor", rule=rules.descend(
         rules.cosine_feedback, rules.scale_by_log_rate(0.0))),
@@ -685,6 +684,59 @@ def test_noise_gate_by_hand(deviation_z, log_step):
       log_step is not None), lengthened
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_log_step_ceiling_by_hand(guard):
+  """The log step lengthens a kept increase up to the ceiling, the rate of
+  the last step the guard read as an overshoot (h > 3 ‖g_{t-1}‖‖d_{t-1}‖
+  along the last step, the tangent's cosine above 0.03): in numpy, the
+  lengthened rate is min(r' e^{-m̂ (η/√v̂ - β)}, max(r', ceiling)), r' the
+  rule's own move. Without the guard (no follow_threshold) no ceiling."""
+  decay, z, beta, eta = 0.5, 1.0, 0.1, 0.2
+  rule = rules.noise_gate(
+      rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
+      deviation_z=None, log_step=eta, rule_speed=beta,
+      follow_threshold=0.8 if guard else None)
+  # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken at
+  # step 5 by an overshoot: the last step's h = 0.9 > 3 × ‖g_4‖ = 0.6.
+  cosines = [-0.05, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, -0.05,
+             -0.06, -0.05, -0.04]
+  overshoot_at = 5
+  rate = jnp.float32(1.0)
+  state = rule.init(rate)
+  m = v = 0.0
+  want, ceiling, clipped = 1.0, 0.0, []
+  for t, c in enumerate(cosines, start=1):
+    h1, g_before = (0.9, 0.2) if t == overshoot_at else (c, 1.0)
+    signals = rules.RateSignals(
+        jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
+        jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
+    rate, state = rule.update(rate, signals, state)
+    if guard and h1 > 3 * g_before and c > 0.03:
+      ceiling = want
+    m, v = decay * m + (1 - decay) * c, decay * v + (1 - decay) * c * c
+    mean, second = m / (1 - decay ** t), v / (1 - decay ** t)
+    error = math.sqrt(max(second - mean ** 2, 0) * (1 - decay) / (1 + decay))
+    proposed = want * (1 - beta * c)
+    down = proposed < want
+    keep = ((guard and h1 > 0.8 and h1 > c)
+            or (mean > z * error if down else mean < -z * error))
+    gain = max(eta / math.sqrt(second) - beta, 0.0)
+    if keep and not down and mean < 0 and gain > 0:
+      longer = proposed * math.exp(-gain * mean)
+      if ceiling > 0 and longer > max(ceiling, proposed):
+        longer = max(ceiling, proposed)
+        clipped.append(t)
+      proposed = longer
+    want = proposed if keep else want
+    np.testing.assert_allclose(float(rate), want, rtol=1e-5)
+    np.testing.assert_allclose(float(state.ceiling), ceiling, rtol=1e-6)
+  # The case exercises a climb stopped at the ceiling, then the rule's own
+  # steps above it; without the guard the climb goes on.
+  assert bool(clipped) == guard, clipped
+  if guard:
+    assert want > ceiling and clipped[0] > overshoot_at
+
+
 def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
   del x64
   rule = rules.descend(rules.multiplicative_feedback, rules.sgd(0.1))
@@ -717,9 +769,10 @@ def test_default_noise_gate_gates_only_the_builtin_rules_longer_horizon():
 
 def test_default_noise_gate_is_z_2_with_the_deviation_test():
   """The default, an explicit noise_gate=2 and rules.NoiseGate() step alike
-  (the same gate, no log step); on a noisy quadratic the gate holds some
-  moves (z = 1 and ungated end elsewhere) and, in many dimensions where
-  the tangent's cosine is small, the opt-in log step lifts the factor."""
+  (the same gate, its log step included); on a noisy quadratic the gate
+  holds some moves (z = 1 and ungated end elsewhere) and, in many dimensions
+  where the tangent's cosine is small, the log step lifts the factor above
+  the 0.7.0 gate's (log_step=None)."""
   def run(tx, dim, noise):
     target = jnp.linspace(-1.0, 1.0, dim)
 
@@ -741,15 +794,15 @@ def test_default_noise_gate_is_z_2_with_the_deviation_test():
                                  **kw), dim, noise)
 
   assert rules.NOISE_GATE_Z == 2.0 and rules.NOISE_GATE_DEVIATION_Z == 1.0
-  assert rules.NoiseGate().log_step is None
+  assert rules.NoiseGate().log_step == rules.NOISE_GATE_LOG_STEP == 0.05
   for dim, noise in ((8, 0.5), (256, 2.0)):
     default = scale(dim, noise)
     for same in (2.0, rules.NoiseGate()):
       assert default == scale(dim, noise, noise_gate=same)
   assert scale(8, 0.5) != scale(8, 0.5, noise_gate=None)
   assert scale(8, 0.5) != scale(8, 0.5, noise_gate=1.0)
-  log_step = rules.NoiseGate(log_step=0.05)
-  assert scale(256, 2.0, noise_gate=log_step) > 1.2 * scale(256, 2.0)
+  without = rules.NoiseGate(log_step=None)
+  assert scale(256, 2.0) > 1.2 * scale(256, 2.0, noise_gate=without)
 
 
 @pytest.mark.parametrize("value, name", [
@@ -781,7 +834,7 @@ def test_log_step_only_with_the_multiplicative_rules_plain_step():
       params, state = step(params, state, jax.random.key(t))
     return float(state.scale)
 
-  with_step, without = rules.NoiseGate(log_step=0.05), rules.NoiseGate()
+  with_step, without = rules.NoiseGate(), rules.NoiseGate(log_step=None)
   assert final_scale(noise_gate=with_step) != final_scale(noise_gate=without)
   for kw in (dict(rule="additive", hyper_lr=1e-3),
              dict(hyper_optimizer=optax.sgd(0.1))):

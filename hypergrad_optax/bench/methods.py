@@ -339,15 +339,18 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
-  register("hypergradient_logstep", "hd",
+  register("hypergradient_v070", "hd",
            lambda a, base: hgo.hypergradient(
-               base(a), noise_gate=hgo.rules.NoiseGate(log_step=0.05)),
+               base(a), noise_gate=hgo.rules.NoiseGate(log_step=None)),
            "hypergradient(base(α0), noise_gate=rules.NoiseGate(log_step="
-           "0.05)): the gate's opt-in log step", groups=("horizon",))
+           "None)): the 0.7.0 default, without the gate's log step",
+           groups=("horizon",))
   register("hypergradient_v060", "hd",
-           lambda a, base: hgo.hypergradient(base(a), max_relative_step=0.3),
-           "hypergradient(base(α0), max_relative_step=0.3): the 0.5.0 and "
-           "0.6.0 default, with the wider relative step bound",
+           lambda a, base: hgo.hypergradient(
+               base(a), max_relative_step=0.3,
+               noise_gate=hgo.rules.NoiseGate(log_step=None)),
+           "hypergradient(base(α0), max_relative_step=0.3, noise_gate="
+           "rules.NoiseGate(log_step=None)): the 0.5.0 and 0.6.0 default",
            groups=("horizon",))
   register("hypergradient_v040", "hd",
            lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
