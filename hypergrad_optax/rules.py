@@ -460,7 +460,8 @@ class NoiseGateState(NamedTuple):
     square: running mean of its square, likewise.
     ceiling: the rate of the last step the overshoot guard read as an
       overshoot, above which the log step lengthens no increase (like the
-      rate; 0 before any: no ceiling; new in 0.8.0).
+      rate; 0 before any, and without the log step or the guard: no
+      ceiling; new in 0.8.0).
   """
   inner: Any
   count: Rate
@@ -533,12 +534,13 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   rate whose step overshot is known to be too large: the lengthening stops
   at the ceiling :math:`c_t`, the rate of the last step the overshoot guard
   read as an overshoot (:func:`overshoots`; none before any, and without
-  the guard), :math:`r_t \leftarrow \min(r_t, \max(r'_t, c_t))`;
-  above it only ``rule``'s own move passes. This is TCP's slow-start
-  threshold (Jacobson, 1988: grow fast up to the window that last lost
-  packets, slowly beyond), without its halving. Without it the rate climbed
-  back past the overshooting rate after each of the guard's cuts, a
-  sawtooth that left some noisy runs far above their best loss.
+  the guard): the lengthened rate becomes :math:`\min(r_t, \max(r'_t,
+  c_t))`, so above the ceiling only ``rule``'s own move passes. This is
+  TCP's slow-start threshold (Jacobson, 1988: grow fast up to the window
+  that last lost packets, slowly beyond), without its halving. Without it
+  the rate climbed back past the overshooting rate after each of the
+  guard's cuts, a sawtooth that left some noisy runs far above their best
+  loss.
 
   Only with a longer horizon (the ``step_*`` signals given); a no-op for the
   one-step rule, which stays the paper's. A non-finite cosine leaves the
