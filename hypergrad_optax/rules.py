@@ -383,21 +383,31 @@ def overshoot_cap(active: Any = True) -> Constraint:
       reproduces the inner optimizer exactly) that switches the cap on.
   """
   def constraint(rate, proposed, signals):
-    # The last step's own signals: along a longer tangent the across-valley
-    # swings of an oscillation cancel out and the guard would never see them.
     step_h, step_norm = signals.last_step()
-    longer = signals.step_hypergradient is not None
 
-    def leaf(r, p, h, g_before, d, tangent_cosine):
+    def leaf(r, p, h, g_before, d, overshoot):
       bound_before = g_before * d
-      overshoot = overshoots(h, bound_before,
-                             tangent_cosine if longer else None) & active
+      overshoot = overshoot & active
       secant = r * bound_before / jnp.where(overshoot, bound_before + h, 1)
       return jnp.where(overshoot, jnp.minimum(p, secant), p)
     return jax.tree.map(leaf, rate, proposed, step_h,
                         signals.previous_grad_norm, step_norm,
-                        cosine(signals))
+                        overshooting(signals))
   return constraint
+
+
+def overshooting(signals: RateSignals) -> Rate:
+  """Where the overshoot guard reads an overshoot (:func:`overshoots`), like
+  the rate: the one reading :func:`overshoot_cap` cuts on and the noise
+  gate's log step takes its ceiling from. Needs ``previous_grad_norm``."""
+  # The last step's own signals: along a longer tangent the across-valley
+  # swings of an oscillation cancel out and the guard would never see them.
+  step_h, step_norm = signals.last_step()
+  longer = signals.step_hypergradient is not None
+  return jax.tree.map(
+      lambda h, g_before, d, c: overshoots(h, g_before * d,
+                                           c if longer else None),
+      step_h, signals.previous_grad_norm, step_norm, cosine(signals))
 
 
 
@@ -460,8 +470,8 @@ class NoiseGateState(NamedTuple):
     square: running mean of its square, likewise.
     ceiling: the rate of the last step the overshoot guard read as an
       overshoot, above which the log step lengthens no increase (like the
-      rate; 0 before any, and without the log step or the guard: no
-      ceiling; new in 0.8.0).
+      rate; 0 before any, and without the guard: no ceiling; ``()`` without
+      the log step; new in 0.8.0).
   """
   inner: Any
   count: Rate
@@ -596,7 +606,9 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                           optax.tree.zeros_like(rate, dtype=jnp.int32),
                           optax.tree.zeros_like(rate),
                           optax.tree.zeros_like(rate),
-                          optax.tree.zeros_like(rate))
+                          # Without the log step nothing reads a ceiling.
+                          () if log_step is None
+                          else optax.tree.zeros_like(rate))
 
   def update(rate, signals, state):
     proposed, inner = rule.update(rate, signals, state.inner)
@@ -629,16 +641,12 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       return m / correction, v / correction
 
     # The guard's reading needs ‖g_{t-1}‖, kept only with the guard.
+    ceiling = state.ceiling
     if (log_step is not None and follow_threshold is not None
         and signals.previous_grad_norm is not None):
-      step_h, step_norm = signals.last_step()
       ceiling = jax.tree.map(
-          lambda r, c, h, g_before, d, cos_t: jnp.where(
-              overshoots(h, g_before * d, cos_t), r, c).astype(c.dtype),
-          rate, state.ceiling, step_h, signals.previous_grad_norm, step_norm,
-          cos)
-    else:
-      ceiling = state.ceiling
+          lambda over, r, c: jnp.where(over, r, c).astype(c.dtype),
+          overshooting(signals), rate, ceiling)
 
     def lengthen(r, p, m, v, top):
       # Increases only, where the rule's own drift β|m̂| falls short of
@@ -668,9 +676,10 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       if log_step is not None:
         p = jnp.where(jnp.isfinite(c), lengthen(r, p, m, v, top), p)
       return jnp.where(keep, p, r)
+    # Without the log step there is no ceiling; `rate` stands in, unread.
     gated = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
                          state.mean, state.square, state.count, follow,
-                         ceiling)
+                         rate if log_step is None else ceiling)
     return gated, NoiseGateState(inner, count, mean, square, ceiling)
 
   return RateRule(init, update, rule.keeps_grad_norm)

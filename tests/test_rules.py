@@ -559,10 +559,13 @@ def test_state_stable_under_jit_and_nan_never_reaches_the_rate(config):
     assert shapes(new_state) == initial
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     if t == 3:  # the rate and the rule's state are left as they were
-      # Per rate entry: the scale and the noise gate's count and moments.
+      # Per rate entry: the scale and the noise gate's count, moments and
+      # ceiling (empty, (), without the log step).
       pairs = [(new_state.scale, state.scale)]
       if isinstance(state.hyper_state, rules.NoiseGateState):
-        pairs += list(zip(new_state.hyper_state[1:], state.hyper_state[1:]))
+        pairs += [pair for pair in zip(new_state.hyper_state[1:],
+                                       state.hyper_state[1:])
+                  if jax.tree.leaves(pair[1])]
         rest_new = new_state.hyper_state.inner
         rest_old = state.hyper_state.inner
       else:
