@@ -29,8 +29,10 @@ _COMMON_ARGS_DOC = r"""
     max_rate: upper bound on ``α``, or None.
     overshoot_guard: cap ``α_t`` at a conservative secant estimate of the
       loss's minimiser along the last step when that step overshot by far
-      (``h_t > 3 ‖g_{t-1}‖ ‖d_{t-1}‖``; off by default: not in the paper; see
-      :func:`hypergrad_optax.hypergradient`).
+      (``h_t > 3 ‖g_{t-1}‖ ‖d_{t-1}‖``; off by default: not in the paper).
+      True or ``'soft'``: the secant of the part of ``h_t`` past the
+      threshold (since 0.9.0); ``'secant'``: of ``h_t`` itself (0.1.0 to
+      0.8.0); see :func:`hypergrad_optax.hypergradient`.
     axis_name: inside ``shard_map``/``pmap`` with every parameter sharded over
       this mapped axis (a name or a tuple of names), sums the hypergradient's
       dot products and norms over it with ``lax.psum`` (a dot over the local
@@ -145,7 +147,7 @@ def sgd_hd(
     granularity: str = "global",
     min_rate: Optional[jax.typing.ArrayLike] = 0.0,
     max_rate: Optional[jax.typing.ArrayLike] = None,
-    overshoot_guard: bool = False,
+    overshoot_guard: Union[bool, str] = False,
     buffer_dtype: Optional[Any] = None,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
@@ -240,7 +242,7 @@ def adam_hd(
     granularity: str = "global",
     min_rate: Optional[jax.typing.ArrayLike] = 0.0,
     max_rate: Optional[jax.typing.ArrayLike] = None,
-    overshoot_guard: bool = False,
+    overshoot_guard: Union[bool, str] = False,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
     delayed: bool = False,
@@ -319,7 +321,7 @@ def adamw_hd(
     granularity: str = "global",
     min_rate: Optional[jax.typing.ArrayLike] = 0.0,
     max_rate: Optional[jax.typing.ArrayLike] = None,
-    overshoot_guard: bool = False,
+    overshoot_guard: Union[bool, str] = False,
     buffer_dtype: Optional[Any] = None,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,

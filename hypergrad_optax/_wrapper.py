@@ -100,7 +100,7 @@ def hypergradient(
     min_scale: Optional[jax.typing.ArrayLike] = 0.0,
     max_scale: Optional[jax.typing.ArrayLike] = None,
     buffer_dtype: Optional[Any] = None,
-    overshoot_guard: bool = True,
+    overshoot_guard: Union[bool, str] = True,
     axis_name: Optional[Union[str, tuple[str, ...]]] = None,
     hyper_optimizer: Optional[optax.GradientTransformation] = None,
     horizon: Optional[Union[int, str]] = None,
@@ -167,9 +167,14 @@ def hypergradient(
       error of about 2^-8 in :math:`h_t`). None keeps the update's dtype.
     overshoot_guard: after a large overshoot, :math:`h_t > 3A`,
       :math:`A = \|g_{t-1}\| \|\tilde u_{t-1}\|`, cap :math:`s_t` at
-      :math:`s_{t-1} A / (A + h_t)`, a conservative secant estimate of the
-      minimiser of the loss along the last update (it never shrinks more than
-      the exact secant). Keeps :math:`\|g_{t-1}\|` (one scalar per rate).
+      :math:`s_{t-1} A / (A + h_t - 3A)`, a conservative secant estimate of
+      the minimiser of the loss along the last update fitted to the part of
+      :math:`h_t` past the threshold (a soft threshold: no cut at
+      :math:`3A`; True or ``'soft'``, the default since 0.9.0); ``'secant'``:
+      at :math:`s_{t-1} A / (A + h_t)` (0.1.0 to 0.8.0), which cut the rate
+      4-6x on readings that minibatch noise alone reaches (see
+      :func:`hypergrad_optax.rules.overshoot_cap`); False: no guard. Keeps
+      :math:`\|g_{t-1}\|` (one scalar per rate).
       This is what makes the untuned default safe when the inner rate is far
       too large (``optax.sgd(0.1)`` on the Rosenbrock function): no rule that
       changes the factor by a bounded ratio per step shrinks it fast enough.

@@ -39,7 +39,8 @@ OPTIMIZERS = {
         optax.sgd(0.2), granularity="per-element", **kw),
     "wrap-sgd-per-element-gate-0.7.0": lambda **kw: hgo.hypergradient(
         optax.sgd(0.2), granularity="per-element",
-        noise_gate=hgo.rules.NoiseGate(log_step=None), **kw),
+        noise_gate=hgo.rules.NoiseGate(log_step=None),
+        overshoot_guard="secant", **kw),
     "sgd_hd": lambda **kw: hgo.sgd_hd(0.2, hyper_lr=0.05, **kw),
     "sgdn_hd-multiplicative": lambda **kw: hgo.sgd_hd(
         0.05, hyper_lr=0.05, momentum=0.9, nesterov=True,

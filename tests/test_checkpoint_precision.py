@@ -62,8 +62,8 @@ OPTIMIZERS = [
         optax.sgd(0.1), granularity="per-element",
         buffer_dtype=jnp.bfloat16), id="wrap-sgd-per-element-bf16-buffer"),
     pytest.param(lambda: hgo.hypergradient(
-        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(log_step=None)),
-                 id="wrap-sgd-gate-0.7.0"),
+        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(log_step=None),
+        overshoot_guard="secant"), id="wrap-sgd-gate-0.7.0"),
     pytest.param(lambda: hgo.sgd_hd(0.1, 1e-2, momentum=0.9, nesterov=True,
                                     granularity="per-tensor"),
                  id="sgdn_hd-per-tensor"),

@@ -110,7 +110,8 @@ def reference_run(kind, hp, *, wrapper, steps, rule, granularity, beta,
       per unit rate is the inner update -lr d; False for the aliases: r is
       α and the update per unit rate is -d.
     steps, rule, granularity, beta, rate0, min_rate, max_rate: the rule.
-    guard: apply the overshoot cap at the secant when h > 3 A.
+    guard: apply the overshoot cap when h > 3 A: at r A / (A + h - 3A)
+      (True or 'soft') or at the secant r A / (A + h) ('secant').
     coupled_decay: λ in g ← g + λθ.
     grads_override: optional {step index: gradient dict} replacing g_t.
     caps: optional list; the index of every step where the cap lowers a rate
@@ -151,12 +152,11 @@ def reference_run(kind, hp, *, wrapper, steps, rule, granularity, beta,
         if guard:
           bound = grad_norm_prev[k] * pnorm[k]
           over = hk > OVERSHOOT_RATIO * bound
-          if caps is not None and np.any(over & (
-              r * bound / np.where(over, bound + hk, 1) < proposed)):
+          excess = hk if guard == "secant" else hk - OVERSHOOT_RATIO * bound
+          cap = r * bound / np.where(over, bound + excess, 1)
+          if caps is not None and np.any(over & (cap < proposed)):
             caps.append(t)
-          proposed = np.where(
-              over, np.minimum(proposed, r * bound / np.where(
-                  over, bound + hk, 1)), proposed)
+          proposed = np.where(over, np.minimum(proposed, cap), proposed)
       proposed = np.where(np.isfinite(proposed), proposed, r)
       if min_rate is not None:
         proposed = np.maximum(proposed, min_rate)
@@ -340,27 +340,40 @@ _CAPPED = {  # inner optimizers whose steps overshoot the stiff entries
     "adam": (lambda: optax.adam(2.0, b1=0.5, b2=0.9, eps=1e-3),
              {"lr": 2.0, "b1": 0.5, "b2": 0.9, "eps": 1e-3}),
 }
+_CAPPED_SOFT = {
+    "sgd": (lambda: optax.sgd(3.0), {"lr": 3.0}),
+    "momentum": (lambda: optax.sgd(3.0, momentum=0.5), {"lr": 3.0,
+                                                        "momentum": 0.5}),
+    "adam": (lambda: optax.adam(3.0, b1=0.5, b2=0.9, eps=1e-3),
+             {"lr": 3.0, "b1": 0.5, "b2": 0.9, "eps": 1e-3}),
+}
 # Adam's bounded direction overshoots by 3A only entry by entry.
 _CAPPED_CASES = [(inner, g) for inner in ("sgd", "momentum")
                  for g in GRANULARITIES] + [("adam", "per-element")]
 
 
+@pytest.mark.parametrize("guard", [True, "secant"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("inner,granularity", _CAPPED_CASES)
-def test_wrapper_guard_caps_like_the_reference(x64, inner, granularity, rule):
+def test_wrapper_guard_caps_like_the_reference(x64, inner, granularity, rule,
+                                               guard):
   """Steps where the 3A cap acts, checked against the hand-written cap."""
   make_inner, hp = _CAPPED[inner]
+  if guard is True:
+    # The soft cap spares the moderate overshoots of lr 2 (global, the rule
+    # alone handles them): larger steps, to make it act in every case.
+    make_inner, hp = _CAPPED_SOFT[inner]
   # A small additive β: a large one already cuts the rate below the cap.
   beta = 1e-3 if rule == "additive" else 0.3
   steps = 8
-  tx = _one_step(make_inner(), beta, rule=rule,
-                         granularity=granularity)
+  tx = _one_step(make_inner(), beta, rule=rule, granularity=granularity,
+                 overshoot_guard=guard)
   with jax.numpy_dtype_promotion("standard"):  # optax's Adam
     lib = library_run(tx, steps=steps)
   caps = []
   kw = dict(wrapper=True, steps=steps, rule=rule, granularity=granularity,
             beta=beta, rate0=1.0, min_rate=0.0)
-  ref = reference_run(inner, hp, guard=True, caps=caps, **kw)
+  ref = reference_run(inner, hp, guard=guard, caps=caps, **kw)
   assert caps, "the case must make the cap act"
   assert_runs_match(lib, ref, rtol=1e-10)
   # Without the cap the rates differ from the first step where it acts.
@@ -368,17 +381,20 @@ def test_wrapper_guard_caps_like_the_reference(x64, inner, granularity, rule):
   assert any(not np.allclose(unguarded[k], ref[1][caps[0]][k]) for k in _KEYS)
 
 
+@pytest.mark.parametrize("guard", [True, "secant"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("kind", ["sgd", "momentum"])
-def test_alias_guard_caps_like_the_reference(x64, kind, rule):
+def test_alias_guard_caps_like_the_reference(x64, kind, rule, guard):
   kwargs, hp = {"sgd": ({}, {}), "momentum": ({"momentum": 0.5},
                                               {"momentum": 0.5})}[kind]
   beta = 0.01 if rule == "additive" else 0.3
-  tx = hgo.sgd_hd(2.0, beta, rule=rule, overshoot_guard=True, **kwargs)
+  # The soft cap spares the additive rule's moderate overshoots from α = 2.
+  rate0 = 4.0 if guard is True else 2.0
+  tx = hgo.sgd_hd(rate0, beta, rule=rule, overshoot_guard=guard, **kwargs)
   caps = []
   ref = reference_run(kind, hp, wrapper=False, steps=8, rule=rule,
-                      granularity="global", beta=beta, rate0=2.0,
-                      min_rate=0.0, guard=True, caps=caps)
+                      granularity="global", beta=beta, rate0=rate0,
+                      min_rate=0.0, guard=guard, caps=caps)
   assert caps, "the case must make the cap act"
   assert_runs_match(library_run(tx, steps=8), ref, rtol=1e-10)
 
@@ -388,8 +404,9 @@ def _overshooting_sgd(guard, lr):
   return _one_step(optax.sgd(lr), 0.1, overshoot_guard=guard)
 
 
-def _first_overshoot_by_hand(lr):
-  """(h, A, multiplicative proposal, secant cap) at step 2, by hand."""
+def _first_overshoot_by_hand(lr, soft=False):
+  """(h, A, multiplicative proposal, cap) at step 2, by hand: the secant
+  cap, or with ``soft`` the secant of the part of h past 3 A."""
   g0 = _grad(_INIT)
   u0 = {k: -lr * g0[k] for k in _KEYS}
   theta1 = {k: _INIT[k] + u0[k] for k in _KEYS}
@@ -399,7 +416,8 @@ def _first_overshoot_by_hand(lr):
   bound = math.sqrt(sum(np.sum(g0[k] ** 2) for k in _KEYS)) * norm_u0
   # Multiplicative proposal: s (1 - β cos) with cos = h / (‖g1‖‖ũ0‖).
   cosine = h / (math.sqrt(sum(np.sum(g1[k] ** 2) for k in _KEYS)) * norm_u0)
-  return h, bound, 1.0 * (1 - 0.1 * cosine), 1.0 * bound / (bound + h)
+  excess = h - 3 * bound if soft else h
+  return h, bound, 1.0 * (1 - 0.1 * cosine), 1.0 * bound / (bound + excess)
 
 
 def test_overshoot_guard_caps_at_secant_by_hand(x64):
@@ -407,8 +425,13 @@ def test_overshoot_guard_caps_at_secant_by_hand(x64):
   h, bound, proposed, capped = _first_overshoot_by_hand(10.0)
   assert h > 3 * bound, "the case must trigger the guard"
   assert capped < proposed
-  _, rates, _ = library_run(_overshooting_sgd(True, 10.0), steps=2)
+  _, rates, _ = library_run(_overshooting_sgd("secant", 10.0), steps=2)
   np.testing.assert_allclose(np.asarray(rates[1]), capped, rtol=1e-12)
+  # The default soft cap: milder, still below the rule's proposal.
+  _, _, _, soft = _first_overshoot_by_hand(10.0, soft=True)
+  assert capped < soft < proposed
+  _, rates, _ = library_run(_overshooting_sgd(True, 10.0), steps=2)
+  np.testing.assert_allclose(np.asarray(rates[1]), soft, rtol=1e-12)
   _, rates, _ = library_run(_overshooting_sgd(False, 10.0), steps=2)
   np.testing.assert_allclose(np.asarray(rates[1]), proposed, rtol=1e-12)
 

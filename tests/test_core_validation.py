@@ -48,6 +48,11 @@ _BAD_CONSTRUCTION = [
     (lambda: hgo.hypergradient(optax.sgd(0.1), initial_scale=0.0),
      ValueError, "initial_scale"),
     (lambda: hgo.hypergradient(optax.sgd), TypeError, "inner"),
+    (lambda: hgo.hypergradient(optax.sgd(0.1), overshoot_guard="hard"),
+     ValueError, "overshoot_guard must be one of True, False, 'soft', "
+     "'secant'; got 'hard'"),
+    (lambda: hgo.adam_hd(overshoot_guard="on"), ValueError,
+     "overshoot_guard must be one of"),
 ]
 
 

@@ -35,8 +35,9 @@ def test_overshoot_flag_matches_the_guard():
   info = hgo.diagnose(grads, state)
   assert bool(info["overshoot"])
   _, state = tx.update(grads, state, params)
-  # The guard's secant cap: s ≤ s_prev A / (A + h) = 2 / 22.
-  np.testing.assert_allclose(state.scale, 2.0 / 22.0, rtol=1e-6)
+  # The guard's soft cap: s ≤ s_prev A / (A + h - 3A) = 2 / 16 (the
+  # secant's, overshoot_guard='secant': 2 / 22).
+  np.testing.assert_allclose(state.scale, 2.0 / 16.0, rtol=1e-6)
 
 
 def test_overshoot_needs_the_tangent_to_agree():

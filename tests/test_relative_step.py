@@ -10,9 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+import bench_runs
 import hypergrad_optax as hgo
-from hypergrad_optax.bench import data as bench_data
-from hypergrad_optax.bench import tasks as bench_tasks
 
 _ADAM = pytest.mark.standard_promotion  # optax's Adam is not strict-clean
 
@@ -136,34 +135,7 @@ def _wine_final_losses(make_tx):
   """The sweep's mlp-wine task (sklearn's wine, MLP 13-64-64-3 ReLU, L2,
   batch 32, 300 epochs) from adam(0.1), one run per seed (vmapped): the
   final full-data training loss of each."""
-  task = bench_tasks.TASKS["mlp-wine"]
-  ds = bench_data.load(task.dataset, None)
-  model = task.model()
-  loss_fn = bench_tasks.loss_fn(task, model)
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-  n, batch = len(x), task.batch_size
-  per_epoch = n // batch
-  tx = make_tx(bench_tasks.base_optimizer(task, per_epoch *
-                                          task.default_epochs)(0.1))
-
-  def run(seed):
-    params = model.init(jax.random.key(seed), x.shape[1:])
-    key = jax.random.key(1000 + seed)
-    idx = jnp.stack([
-        jax.random.permutation(jax.random.fold_in(key, e), n)
-        [:per_epoch * batch].reshape(per_epoch, batch)
-        for e in range(task.default_epochs)]).reshape(-1, batch)
-
-    def step(carry, i):
-      params, state = carry
-      grads = jax.grad(loss_fn)(params, x[i], y[i])
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), idx)
-    return loss_fn(params, x, y)
-
-  return np.asarray(jax.jit(jax.vmap(run))(jnp.arange(_SEEDS)))
+  return bench_runs.final_losses("mlp-wine", 0.1, make_tx, _SEEDS)
 
 
 @_ADAM

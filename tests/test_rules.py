@@ -103,16 +103,21 @@ def test_keep_finite_and_bounds_by_hand():
 
 def test_overshoot_cap_by_hand(x64):
   del x64
-  # A = ‖g_{t-1}‖‖D_{t-1}‖ = 2; the cap r A / (A + h) acts when h > 3 A.
-  rate = jnp.asarray([1.0, 1.0, 1.0, 1.0, 1.0])
-  proposed = jnp.asarray([0.9, 0.9, 0.9, 0.05, 0.9])
-  h = jnp.asarray([6.0, 6.5, 10.0, 10.0, -10.0])
-  s = rules.RateSignals(h, jnp.ones(5), jnp.full(5, 2.0), jnp.ones(5))
-  got = rules.overshoot_cap()(rate, proposed, s)
-  # h = 3A exactly: no cap; 6.5 and 10: capped at 2/8.5, 2/12 unless the
-  # proposal is lower; h < 0: no cap.
-  np.testing.assert_allclose(got, [0.9, 2 / 8.5, 2 / 12, 0.05, 0.9],
+  # A = ‖g_{t-1}‖‖D_{t-1}‖ = 2; the cap acts when h > 3 A = 6.
+  rate = jnp.asarray([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+  proposed = jnp.asarray([0.9, 0.9, 0.9, 0.05, 0.9, 0.9])
+  h = jnp.asarray([6.0, 6.5, 10.0, 10.0, -10.0, 46.0])
+  s = rules.RateSignals(h, jnp.ones(6), jnp.full(6, 2.0), jnp.ones(6))
+  # Soft (the default): r A / (A + h - 3A). h = 3A exactly: no cap; 6.5:
+  # 2 / 2.5 = 0.8 < 0.9; 10: 2 / 6 unless the proposal is lower; h < 0: no
+  # cap; 46 = 23 A: 2 / 42, near the secant's 2 / 48.
+  np.testing.assert_allclose(rules.overshoot_cap()(rate, proposed, s),
+                             [0.9, 0.8, 2 / 6, 0.05, 0.9, 2 / 42],
                              rtol=1e-15)
+  # The secant of 0.1.0-0.8.0: r A / (A + h).
+  np.testing.assert_allclose(
+      rules.overshoot_cap(soft=False)(rate, proposed, s),
+      [0.9, 2 / 8.5, 2 / 12, 0.05, 0.9, 2 / 48], rtol=1e-15)
   np.testing.assert_array_equal(
       rules.overshoot_cap(False)(rate, proposed, s), proposed)
   np.testing.assert_array_equal(
@@ -206,8 +211,10 @@ _DOUBLE = rules.RateRule(lambda r: (), lambda r, s, st: (2 * r, st))
 
 
 @pytest.mark.parametrize("guard,max_scale,want", [
-    # lr c = 2.5: s_1 = 2, θ_1 = -4 θ_0, so h = 4A > 3A: s_2 = 2 A/(A + 4A).
-    (True, None, [2.0, 0.4]),
+    # lr c = 2.5: s_1 = 2, θ_1 = -4 θ_0, so h = 4A > 3A: s_2 = 2 A/(A + A),
+    # the soft cap (A + h - 3A); the secant's 2 A/(A + 4A).
+    (True, None, [2.0, 1.0]),
+    ("secant", None, [2.0, 0.4]),
     (False, None, [2.0, 4.0]),
     # max_scale 1.5: θ_1 = -2.75 θ_0, h = 2.75 A < 3 A: no cap.
     (True, 1.5, [1.5, 1.5]),
@@ -308,8 +315,9 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.1):
   The rate's hypergradient is taken along Z. With the guard, where the last
   update u alone has a cosine c1 = g·u / (‖g‖ ‖u‖) above 0.8 and above Z's,
   the rule reads g·u and ‖u‖ instead, and Z restarts from the new update;
-  the rate is capped at s A / (A + g·u) when g·u > 3 A, A = ‖g_prev‖ ‖u‖,
-  and Z's cosine exceeds 0.03. Then (``kappa`` not None) the relative step
+  the rate is capped at s A / (A + g·u - 3A) (the soft cap; ``guard`` =
+  'secant': s A / (A + g·u)) when g·u > 3 A, A = ‖g_prev‖ ‖u‖, and Z's
+  cosine exceeds 0.03. Then (``kappa`` not None) the relative step
   bound: s ≤ κ ‖θ‖ / ‖u_new‖.
   Returns the per-step (θ, s, Z, u) and how often each guard part (and the
   bound) acted.
@@ -335,7 +343,8 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.1):
       new_s = s * (1 - beta * cos(h, np.linalg.norm(g), norm))
     bound = g_prev * np.linalg.norm(u)
     if guard and g @ u > 3 * bound and tangent_cos > 0.03:
-      new_s = min(new_s, s * bound / (bound + g @ u))
+      excess = g @ u if guard == "secant" else g @ u - 3 * bound
+      new_s = min(new_s, s * bound / (bound + excess))
       acted["capped"] += 1
     u = -lr * g
     if kappa is not None and new_s > kappa * np.linalg.norm(theta) / (
@@ -388,8 +397,9 @@ def test_horizon_tangent_by_hand(x64, rule, horizon):
   assert max(np.diff(scales)) > 0 > min(np.diff(scales))
 
 
+@pytest.mark.parametrize("guard", [True, "secant"])
 @pytest.mark.parametrize("horizon", [300, "run"])
-def test_horizon_guard_reads_the_last_step_by_hand(x64, horizon):
+def test_horizon_guard_reads_the_last_step_by_hand(x64, horizon, guard):
   """With a horizon the overshoot guard still reads g_t·ũ_{t-1} and ‖ũ_{t-1}‖:
   its cap, the rule following an overshooting last step, and the tangent's
   restart there.
@@ -402,9 +412,9 @@ def test_horizon_guard_reads_the_last_step_by_hand(x64, horizon):
   # Without the relative step bound, which here keeps the steps from ever
   # overshooting enough for the cap (it is checked with the tangent above).
   tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=horizon,
-                         max_relative_step=None)
+                         max_relative_step=None, overshoot_guard=guard)
   history, acted = _horizon_reference(lr, beta, "multiplicative", horizon,
-                                      True, 12, kappa=None)
+                                      guard, 12, kappa=None)
   _check_against(tx, history, last_update=False)
   # (Following the last step is checked on its own below.)
   assert acted["capped"] >= 1 and acted["restarted"] >= 1, acted
@@ -496,8 +506,9 @@ _CONFIGS = [
     pytest.param(dict(horizon=10), id="horizon"),
     pytest.param(dict(horizon=10, curvature=True), id="curvature"),
     pytest.param(dict(noise_gate=1.0), id="noise-gate"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None)),
-                 id="gate-0.7.0"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None),
+                      overshoot_guard="secant"), id="gate-0.7.0"),
+    pytest.param(dict(overshoot_guard="secant"), id="guard-secant"),
     pytest.param(dict(granularity="per-element"), id="per-element"),
     pytest.param(dict(granularity="per-tensor"), id="per-tensor-bound"),
     pytest.param(dict(granularity="per-tensor", rule=rules.descend(
@@ -849,9 +860,10 @@ def test_log_step_only_with_the_multiplicative_rules_plain_step():
 
 
 def test_overshoot_cap_with_a_tangent_by_hand():
-  """h = 8 > 3A (A = ‖g_prev‖ ‖d‖ = 2): capped at r A / (A + h) = 0.2 r only
-  where the tangent's cosine also exceeds 0.03; always without a tangent."""
-  cap = rules.overshoot_cap()
+  """h = 8 > 3A (A = ‖g_prev‖ ‖d‖ = 2): capped at the secant r A / (A + h)
+  = 0.2 r only where the tangent's cosine also exceeds 0.03; always without
+  a tangent."""
+  cap = rules.overshoot_cap(soft=False)
   f = lambda *v: [jnp.float32(x) for x in v]  # pylint: disable=unnecessary-lambda-assignment
   rate, proposed = f(1.0, 1.0), f(0.9, 0.9)
   # Tangent cosines 0.5 and 0.01 (‖g‖ = 10, ‖Z‖ = 1); last step h = 8, ‖d‖ = 1.
@@ -865,4 +877,10 @@ def test_overshoot_cap_with_a_tangent_by_hand():
                               step_hypergradient=None,
                               step_direction_norm=None)
   np.testing.assert_allclose(cap(rate, proposed, one_step), [0.2, 0.2],
+                             rtol=1e-6)
+  # The soft cap (the default): r A / (A + h - 3A) = 2 / 4.
+  soft = rules.overshoot_cap()
+  np.testing.assert_allclose(soft(rate, proposed, signals), [0.5, 0.9],
+                             rtol=1e-6)
+  np.testing.assert_allclose(soft(rate, proposed, one_step), [0.5, 0.5],
                              rtol=1e-6)

@@ -339,29 +339,40 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
+  register("hypergradient_v080", "hd",
+           lambda a, base: hgo.hypergradient(base(a),
+                                             overshoot_guard="secant"),
+           "hypergradient(base(α0), overshoot_guard='secant'): the 0.8.0 "
+           "default, the guard's secant cap", groups=("horizon",))
   register("hypergradient_v070", "hd",
            lambda a, base: hgo.hypergradient(
-               base(a), noise_gate=hgo.rules.NoiseGate(log_step=None)),
-           "hypergradient(base(α0), noise_gate=rules.NoiseGate(log_step="
-           "None)): the 0.7.0 default, without the gate's log step",
+               base(a), overshoot_guard="secant",
+               noise_gate=hgo.rules.NoiseGate(log_step=None)),
+           "hypergradient(base(α0), overshoot_guard='secant', noise_gate="
+           "rules.NoiseGate(log_step=None)): the 0.7.0 default, without the "
+           "gate's log step",
            groups=("horizon",))
   register("hypergradient_v060", "hd",
            lambda a, base: hgo.hypergradient(
-               base(a), max_relative_step=0.3,
+               base(a), max_relative_step=0.3, overshoot_guard="secant",
                noise_gate=hgo.rules.NoiseGate(log_step=None)),
-           "hypergradient(base(α0), max_relative_step=0.3, noise_gate="
-           "rules.NoiseGate(log_step=None)): the 0.5.0 and 0.6.0 default",
+           "hypergradient(base(α0), max_relative_step=0.3, overshoot_guard="
+           "'secant', noise_gate=rules.NoiseGate(log_step=None)): the 0.5.0 "
+           "and 0.6.0 default",
            groups=("horizon",))
   register("hypergradient_v040", "hd",
            lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
-                                             max_relative_step=0.3),
-           "hypergradient(base(α0), noise_gate=None, max_relative_step=0.3): "
-           "the 0.4.0 default, without the noise gate", groups=("horizon",))
+                                             max_relative_step=0.3,
+                                             overshoot_guard="secant"),
+           "hypergradient(base(α0), noise_gate=None, max_relative_step=0.3, "
+           "overshoot_guard='secant'): the 0.4.0 default, without the noise "
+           "gate", groups=("horizon",))
   register("hypergradient_v030", "hd",
            lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
-                                             max_relative_step=None),
-           "hypergradient(base(α0), noise_gate=None, max_relative_step=None): "
-           "the 0.3.0 default", groups=("horizon",))
+                                             max_relative_step=None,
+                                             overshoot_guard="secant"),
+           "hypergradient(base(α0), noise_gate=None, max_relative_step=None, "
+           "overshoot_guard='secant'): the 0.3.0 default", groups=("horizon",))
   register("adam_hd", "hd", lambda a, base: hgo.adam_hd(a, BETA_ADAM),
            f"adam_hd(α0, {BETA_ADAM:g}): the paper's additive Adam-HD",
            groups=default)
