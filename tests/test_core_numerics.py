@@ -302,13 +302,19 @@ def test_min_and_max_rate_clip(x64):
 
 # ------------------------------------------------------------- the wrapper
 
-_INNER = {
-    "sgd": (lambda: optax.sgd(0.1), {"lr": 0.1}),
-    "momentum": (lambda: optax.sgd(0.1, momentum=0.5), {"lr": 0.1,
-                                                        "momentum": 0.5}),
-    "adam": (lambda: optax.adam(0.1, b1=0.8, b2=0.9, eps=1e-3),
-             {"lr": 0.1, "b1": 0.8, "b2": 0.9, "eps": 1e-3}),
-}
+def _inners(lr, b1):
+  """SGD, heavy ball and Adam (with ``b1``) at rate ``lr``: (a factory,
+  the reference's hyperparameters) for each."""
+  adam = {"lr": lr, "b1": b1, "b2": 0.9, "eps": 1e-3}
+  return {
+      "sgd": (lambda: optax.sgd(lr), {"lr": lr}),
+      "momentum": (lambda: optax.sgd(lr, momentum=0.5),
+                   {"lr": lr, "momentum": 0.5}),
+      "adam": (lambda: optax.adam(lr, b1=b1, b2=0.9, eps=1e-3), adam),
+  }
+
+
+_INNER = _inners(0.1, b1=0.8)
 
 
 @pytest.mark.parametrize("guard", [False, True])
@@ -333,20 +339,10 @@ def test_reference_threshold_is_the_librarys():
   assert OVERSHOOT_RATIO == hgo.rules.OVERSHOOT_RATIO
 
 
-_CAPPED = {  # inner optimizers whose steps overshoot the stiff entries
-    "sgd": (lambda: optax.sgd(2.0), {"lr": 2.0}),
-    "momentum": (lambda: optax.sgd(2.0, momentum=0.5), {"lr": 2.0,
-                                                        "momentum": 0.5}),
-    "adam": (lambda: optax.adam(2.0, b1=0.5, b2=0.9, eps=1e-3),
-             {"lr": 2.0, "b1": 0.5, "b2": 0.9, "eps": 1e-3}),
-}
-_CAPPED_SOFT = {
-    "sgd": (lambda: optax.sgd(3.0), {"lr": 3.0}),
-    "momentum": (lambda: optax.sgd(3.0, momentum=0.5), {"lr": 3.0,
-                                                        "momentum": 0.5}),
-    "adam": (lambda: optax.adam(3.0, b1=0.5, b2=0.9, eps=1e-3),
-             {"lr": 3.0, "b1": 0.5, "b2": 0.9, "eps": 1e-3}),
-}
+# Inner optimizers whose steps overshoot the stiff entries (the soft cap
+# spares more of them: larger steps).
+_CAPPED = _inners(2.0, b1=0.5)
+_CAPPED_SOFT = _inners(3.0, b1=0.5)
 # Adam's bounded direction overshoots by 3A only entry by entry.
 _CAPPED_CASES = [(inner, g) for inner in ("sgd", "momentum")
                  for g in GRANULARITIES] + [("adam", "per-element")]
