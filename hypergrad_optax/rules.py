@@ -270,7 +270,7 @@ OVERSHOOT_TANGENT_COSINE = 0.03
 # hypergradient(optax.sgd(0.1)) on a full-batch tanh MLP. 3 rescues every
 # deterministic case of the tests and costs little in minibatch training.
 # Noise still reaches just past it (h = 3-5 A on the Friedman regression at
-# a tenth of the tuned rate, the last minibatch's gradient a third of the
+# a fiftieth to a half of the tuned rate, the last minibatch's gradient a third of the
 # typical norm): since 0.9.0 the cap is soft there (overshoot_cap), which
 # took the Friedman sweep task from 2.89 / 2.20 to 2.08 / 1.30 (worst /
 # median regret, 30 seeds; docs/results.md, section (m)).
@@ -385,7 +385,7 @@ def overshoot_cap(active: Any = True, soft: bool = True) -> Constraint:
 
   Minibatch noise alone reaches just past the threshold: a minibatch whose
   gradient is a few times the last one's, along the step (on a noisy
-  regression, ``h`` from 3 to 5 ``A`` at a tenth of the tuned rate). The
+  regression, ``h`` from 3 to 5 ``A`` well below the tuned rate). The
   secant cuts such a reading by 4 to 6 times, and the rate does not climb
   back. So by default (``soft``) the secant is fitted to the part of ``h``
   past the threshold, a soft threshold (Donoho, 1995):

@@ -249,7 +249,7 @@ def test_soft_cap_spares_a_noisy_regression():
   seed: the guard's soft cap (the default) ends at a median of at most 1.25x
   that loss. Its secant (overshoot_guard='secant', 0.1.0-0.8.0) cut the
   rate 4-6x on minibatches whose gradient along the last step merely reached
-  3-5 A, at a tenth of the tuned rate, and most runs stayed on the loss
+  3-5 A, well below the tuned rate, and most runs stayed on the loss
   plateau (median above 2x; docs/how_it_works.md, "The guard's soft cap")."""
   best = np.min([bench_runs.final_losses("mlp-friedman", rate, lambda b: b, 8)
                  for rate in (3e-3, 1e-2, 3e-2)], axis=0)
