@@ -270,10 +270,10 @@ OVERSHOOT_TANGENT_COSINE = 0.03
 # hypergradient(optax.sgd(0.1)) on a full-batch tanh MLP. 3 rescues every
 # deterministic case of the tests and costs little in minibatch training.
 # Noise still reaches just past it (h = 3-5 A on the Friedman regression at
-# a fiftieth to a half of the tuned rate, the last minibatch's gradient a third of the
-# typical norm): since 0.9.0 the cap is soft there (overshoot_cap), which
-# took the Friedman sweep task from 2.89 / 2.20 to 2.08 / 1.30 (worst /
-# median regret, 30 seeds; docs/results.md, section (m)).
+# a fiftieth to a half of the tuned rate, the last minibatch's gradient a
+# third of the typical norm): since 0.9.0 the cap is soft there
+# (overshoot_cap), which took the Friedman sweep task from 2.89 / 2.20 to
+# 2.08 / 1.30 (worst / median regret, 30 seeds; docs/results.md, (m)).
 OVERSHOOT_RATIO = 3.0
 
 
@@ -434,8 +434,6 @@ def overshooting(signals: RateSignals) -> Rate:
       lambda h, g_before, d, c: overshoots(h, g_before * d,
                                            c if longer else None),
       step_h, signals.previous_grad_norm, step_norm, cosine(signals))
-
-
 
 
 def follows_last_step(signals: RateSignals,
