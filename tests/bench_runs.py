@@ -14,6 +14,12 @@ def final_losses(task_name, alpha0, make_tx, seeds):
   ``make_tx(base(alpha0))``, ``base`` the task's base optimizer: one run per
   seed 0 … seeds - 1 (vmapped; parameters from ``key(seed)``, epochs shuffled
   from ``key(1000 + seed)``), the final full-data training loss of each."""
+  return final_runs(task_name, alpha0, make_tx, seeds)[0]
+
+
+def final_runs(task_name, alpha0, make_tx, seeds):
+  """:func:`final_losses`' runs: each one's final full-data training loss
+  and optimizer state (stacked over seeds)."""
   task = bench_tasks.TASKS[task_name]
   ds = bench_data.load(task.dataset, None)
   model = task.model()
@@ -38,7 +44,8 @@ def final_losses(task_name, alpha0, make_tx, seeds):
       updates, state = tx.update(grads, state, params)
       return (optax.apply_updates(params, updates), state), None
 
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), idx)
-    return loss_fn(params, x, y)
+    (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), idx)
+    return loss_fn(params, x, y), state
 
-  return np.asarray(jax.jit(jax.vmap(run))(jnp.arange(seeds)))
+  losses, states = jax.jit(jax.vmap(run))(jnp.arange(seeds))
+  return np.asarray(losses), states

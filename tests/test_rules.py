@@ -509,6 +509,8 @@ _CONFIGS = [
     pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None),
                       overshoot_guard="secant"), id="gate-0.7.0"),
     pytest.param(dict(overshoot_guard="secant"), id="guard-secant"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(soft_ceiling=False)),
+                 id="hard-ceiling-0.9.0"),
     pytest.param(dict(granularity="per-element"), id="per-element"),
     pytest.param(dict(granularity="per-tensor"), id="per-tensor-bound"),
     pytest.param(dict(granularity="per-tensor", rule=rules.descend(
@@ -698,20 +700,23 @@ def test_noise_gate_by_hand(deviation_z, log_step):
       log_step is not None), lengthened
 
 
-@pytest.mark.parametrize("guard", [True, False])
-def test_log_step_ceiling_by_hand(guard):
-  """The log step lengthens a kept increase up to the ceiling, the rate of
-  the last step the guard read as an overshoot (h > 3 ‖g_{t-1}‖‖d_{t-1}‖
-  along the last step, the tangent's cosine above 0.03): in numpy, the
-  lengthened rate is min(r' e^{-m̂ (η/√v̂ - β)}, max(r', ceiling)), r' the
-  rule's own move. Without the guard (no follow_threshold) no ceiling."""
+@pytest.mark.parametrize("guard,soft", [(True, True), (True, False),
+                                        (False, True)])
+def test_log_step_ceiling_by_hand(guard, soft):
+  """The log step lengthens a kept increase up to the ceiling, set by the
+  last step the guard read as an overshoot (h > 3A, A = ‖g_{t-1}‖‖d_{t-1}‖
+  along the last step, the tangent's cosine above 0.03): that step's rate r
+  (soft_ceiling=False), or r (1 + A / (h - 3A)). In numpy, the lengthened
+  rate is min(r' e^{-m̂ (η/√v̂ - β)}, max(r', ceiling)), r' the rule's own
+  move. Without the guard (no follow_threshold) no ceiling."""
   decay, z, beta, eta = 0.5, 1.0, 0.1, 0.2
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
       deviation_z=None, log_step=eta, rule_speed=beta,
-      follow_threshold=0.8 if guard else None)
+      follow_threshold=0.8 if guard else None, soft_ceiling=soft)
   # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken at
-  # step 5 by an overshoot: the last step's h = 0.9 > 3 × ‖g_4‖ = 0.6.
+  # step 5 by an overshoot: the last step's h = 0.9 > 3A = 3 × ‖g_4‖ = 0.15
+  # (soft: a ceiling 1 + 0.05 / 0.75 times that step's rate).
   cosines = [-0.05, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, -0.05,
              -0.06, -0.05, -0.04]
   overshoot_at = 5
@@ -720,13 +725,13 @@ def test_log_step_ceiling_by_hand(guard):
   m = v = 0.0
   want, ceiling, clipped = 1.0, 0.0, []
   for t, c in enumerate(cosines, start=1):
-    h1, g_before = (0.9, 0.2) if t == overshoot_at else (c, 1.0)
+    h1, g_before = (0.9, 0.05) if t == overshoot_at else (c, 1.0)
     signals = rules.RateSignals(
         jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
         jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
     rate, state = rule.update(rate, signals, state)
     if guard and h1 > 3 * g_before and c > 0.03:
-      ceiling = want
+      ceiling = want * (1 + g_before / (h1 - 3 * g_before)) if soft else want
     m, v = decay * m + (1 - decay) * c, decay * v + (1 - decay) * c * c
     mean, second = m / (1 - decay ** t), v / (1 - decay ** t)
     error = math.sqrt(max(second - mean ** 2, 0) * (1 - decay) / (1 + decay))
@@ -824,7 +829,8 @@ def test_default_noise_gate_is_z_2_with_the_deviation_test():
     (rules.NoiseGate(z=-1.0), "noise_gate.z"),
     (rules.NoiseGate(decay=1.0), "noise_gate.decay"),
     (rules.NoiseGate(deviation_z=-1.0), "noise_gate.deviation_z"),
-    (rules.NoiseGate(log_step=float("inf")), "noise_gate.log_step")])
+    (rules.NoiseGate(log_step=float("inf")), "noise_gate.log_step"),
+    (rules.NoiseGate(soft_ceiling="hard"), "noise_gate.soft_ceiling")])
 def test_noise_gate_argument_is_checked(value, name):
   with pytest.raises(ValueError, match=f"^{re.escape(name)} must"):
     hgo.hypergradient(optax.sgd(0.1), noise_gate=value)

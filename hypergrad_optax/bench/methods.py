@@ -339,11 +339,20 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
+  hard_ceiling = hgo.rules.NoiseGate(soft_ceiling=False)
+  register("hypergradient_v090", "hd",
+           lambda a, base: hgo.hypergradient(base(a),
+                                             noise_gate=hard_ceiling),
+           "hypergradient(base(α0), noise_gate=rules.NoiseGate("
+           "soft_ceiling=False)): the 0.9.0 default, the log step's ceiling "
+           "at the rate that overshot", groups=("horizon",))
   register("hypergradient_v080", "hd",
            lambda a, base: hgo.hypergradient(base(a),
-                                             overshoot_guard="secant"),
-           "hypergradient(base(α0), overshoot_guard='secant'): the 0.8.0 "
-           "default, the guard's secant cap", groups=("horizon",))
+                                             overshoot_guard="secant",
+                                             noise_gate=hard_ceiling),
+           "hypergradient(base(α0), overshoot_guard='secant', noise_gate="
+           "rules.NoiseGate(soft_ceiling=False)): the 0.8.0 default, the "
+           "guard's secant cap", groups=("horizon",))
   register("hypergradient_v070", "hd",
            lambda a, base: hgo.hypergradient(
                base(a), overshoot_guard="secant",
