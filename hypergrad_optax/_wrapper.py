@@ -253,7 +253,7 @@ def hypergradient(
       0.05, default since 0.8.0) lengthens the kept increases where the
       multiplicative rule's own drift is slower than the evidence warrants,
       up to a ceiling that the overshoot guard's readings set (Friedman:
-      2.89 / 2.20), since 0.10.0 as softly as its cap cuts (1.78 / 1.18;
+      2.89 / 2.20), since 0.10.0 as softly as its cap cuts (1.81 / 1.18;
       :func:`hypergrad_optax.rules.noise_gate`). The additive rule and a
       ``hyper_optimizer`` get no log step (their drift per unit of cosine
       is not ``hyper_lr``); a custom rule gets it in full.

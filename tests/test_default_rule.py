@@ -205,11 +205,12 @@ def test_log_step_climbs_fast_only_up_to_the_last_rate_that_overshot(soft):
   adam(0.0316), seed 0, 40 epochs, per step: the state's ceiling is set
   by the last step diagnosed as an overshoot, at the factor s before it
   (soft_ceiling=False, 0.8.0 and 0.9.0) or at s (1 + A / (h - 3A)) from
-  that step's reading; the gate's log step lengthens many climbs past the
-  rule's own step s (1 - β cos) (``longer``), and none beyond the ceiling.
-  With the ceiling switched off 103 steps climb fast above it: the rate
-  climbed straight back past the rate that had overshot
-  (docs/how_it_works.md, "The log step's ceiling")."""
+  that step's reading, held between s and the ceiling before; the gate's
+  log step lengthens many climbs past the rule's own step s (1 - β cos)
+  (``longer``), and none beyond the ceiling. With the ceiling switched off
+  103 steps climb fast above it: the rate climbed straight back past the
+  rate that had overshot (docs/how_it_works.md, "The log step's
+  ceiling")."""
   task = tasks.TASKS["mlp-digits-long"]
   dataset = data.load(task.dataset, None)
   model = task.model()
@@ -237,8 +238,12 @@ def test_log_step_climbs_fast_only_up_to_the_last_rate_that_overshot(soft):
       np.asarray, trace)
   assert overshoot.sum() >= 2, overshoot.sum()
   previous = np.concatenate([[0.0], ceiling[:-1]])
-  with np.errstate(invalid="ignore"):  # no reading (NaN) on the first step
-    top = before * (1 + bound / (h - 3 * bound)) if soft else before
+  top = before
+  if soft:
+    with np.errstate(invalid="ignore"):  # no reading (NaN) on the first step
+      top = before * (1 + bound / (h - 3 * bound))
+    top = np.maximum(before, np.minimum(top, np.where(previous > 0, previous,
+                                                      np.inf)))
   np.testing.assert_allclose(ceiling, np.where(overshoot, top, previous),
                              rtol=1e-5)
   own = before * (1 - 0.1 * cosine)
@@ -277,9 +282,10 @@ def test_soft_ceiling_lets_the_climbs_off_a_noisy_plateau():
   3.6 A), at rates well below the tuned 1e-2. With the log step's ceiling
   at the rate that overshot (soft_ceiling=False, 0.8.0 and 0.9.0) about
   half the runs end with a ceiling below a fifth of the tuned rate, on the
-  loss plateau; the soft ceiling r (1 + A / (h - 3A)) (the default) leaves a
-  third as many there, and the median final loss falls by a third
-  (docs/how_it_works.md, "The log step's soft ceiling")."""
+  loss plateau; the soft ceiling (the default: r (1 + A / (h - 3A)), held
+  between r and the ceiling before) leaves half as many there (16 and 8 on
+  this machine), and the median final loss falls by a third (0.145 and
+  0.089; docs/how_it_works.md, "The log step's soft ceiling")."""
   alpha0, low = 3.16e-5, 2e-3
 
   def runs(soft):
@@ -292,7 +298,7 @@ def test_soft_ceiling_lets_the_climbs_off_a_noisy_plateau():
 
   soft_losses, soft_low = runs(True)
   hard_losses, hard_low = runs(False)
-  assert hard_low >= 12 and soft_low <= hard_low // 2, (hard_low, soft_low)
+  assert hard_low >= 12 and soft_low <= 0.6 * hard_low, (hard_low, soft_low)
   assert np.median(soft_losses) < 0.8 * np.median(hard_losses), (
       np.median(soft_losses), np.median(hard_losses))
 

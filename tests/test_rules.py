@@ -706,32 +706,41 @@ def test_log_step_ceiling_by_hand(guard, soft):
   """The log step lengthens a kept increase up to the ceiling, set by the
   last step the guard read as an overshoot (h > 3A, A = ‖g_{t-1}‖‖d_{t-1}‖
   along the last step, the tangent's cosine above 0.03): that step's rate r
-  (soft_ceiling=False), or r (1 + A / (h - 3A)). In numpy, the lengthened
-  rate is min(r' e^{-m̂ (η/√v̂ - β)}, max(r', ceiling)), r' the rule's own
-  move. Without the guard (no follow_threshold) no ceiling."""
+  (soft_ceiling=False), or r (1 + A / (h - 3A)) held between r and the
+  ceiling before. In numpy, the lengthened rate is min(r' e^{-m̂ (η/√v̂ -
+  β)}, max(r', ceiling)), r' the rule's own move. Without the guard (no
+  follow_threshold) no ceiling."""
   decay, z, beta, eta = 0.5, 1.0, 0.1, 0.2
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
       deviation_z=None, log_step=eta, rule_speed=beta,
       follow_threshold=0.8 if guard else None, soft_ceiling=soft)
-  # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken at
-  # step 5 by an overshoot: the last step's h = 0.9 > 3A = 3 × ‖g_4‖ = 0.15
-  # (soft: a ceiling 1 + 0.05 / 0.75 times that step's rate).
-  cosines = [-0.05, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, -0.05,
-             -0.06, -0.05, -0.04]
-  overshoot_at = 5
+  # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken
+  # at steps 5 and 9 by overshoots along the last step, (h, ‖g_{t-1}‖):
+  # h = 0.9 > 3A = 0.15 (soft: a ceiling 1 + 0.05 / 0.75 times that step's
+  # rate), then h = 0.9 > 3A = 0.75 (soft: 1 + 0.25 / 0.15 times the rate,
+  # above the ceiling before, which holds).
+  cosines = [-0.05, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, 0.1,
+             -0.06, -0.05, -0.04, -0.05, -0.06]
+  readings = {5: (0.9, 0.05), 9: (0.9, 0.25)}
   rate = jnp.float32(1.0)
   state = rule.init(rate)
   m = v = 0.0
-  want, ceiling, clipped = 1.0, 0.0, []
+  want, ceiling, clipped, held_by_before = 1.0, 0.0, [], []
   for t, c in enumerate(cosines, start=1):
-    h1, g_before = (0.9, 0.05) if t == overshoot_at else (c, 1.0)
+    h1, g_before = readings.get(t, (c, 1.0))
     signals = rules.RateSignals(
         jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
         jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
     rate, state = rule.update(rate, signals, state)
     if guard and h1 > 3 * g_before and c > 0.03:
-      ceiling = want * (1 + g_before / (h1 - 3 * g_before)) if soft else want
+      top = want
+      if soft:
+        top = want * (1 + g_before / (h1 - 3 * g_before))
+        if 0 < ceiling < top:
+          top = max(want, ceiling)
+          held_by_before.append(t)
+      ceiling = top
     m, v = decay * m + (1 - decay) * c, decay * v + (1 - decay) * c * c
     mean, second = m / (1 - decay ** t), v / (1 - decay ** t)
     error = math.sqrt(max(second - mean ** 2, 0) * (1 - decay) / (1 + decay))
@@ -749,11 +758,13 @@ def test_log_step_ceiling_by_hand(guard, soft):
     want = proposed if keep else want
     np.testing.assert_allclose(float(rate), want, rtol=1e-5)
     np.testing.assert_allclose(float(state.ceiling), ceiling, rtol=1e-6)
-  # The case exercises a climb stopped at the ceiling, then the rule's own
-  # steps above it; without the guard the climb goes on.
+  # The case exercises climbs stopped at the ceiling, then the rule's own
+  # steps above it, and (soft) a reading whose ceiling the one before
+  # bounds; without the guard the climb goes on.
   assert bool(clipped) == guard, clipped
+  assert held_by_before == ([9] if guard and soft else []), held_by_before
   if guard:
-    assert want > ceiling and clipped[0] > overshoot_at
+    assert want > ceiling and clipped[0] > min(readings)
 
 
 def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
