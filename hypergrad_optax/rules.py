@@ -381,6 +381,13 @@ def overshoots(step_hypergradient: Rate, bound: Rate,
   return over
 
 
+def _past_threshold(step_hypergradient: Rate, bound: Rate) -> Rate:
+  """How far ``h`` lies past the overshoot guard's threshold, ``h - 3A``
+  (one leaf; > 0 where :func:`overshoots` reads one): the soft threshold
+  both :func:`overshoot_cap` and the noise gate's ceiling measure from."""
+  return step_hypergradient - OVERSHOOT_RATIO * bound
+
+
 def overshoot_cap(active: Any = True, soft: bool = True) -> Constraint:
   r"""Caps the rate after a large overshoot of the last step.
 
@@ -429,7 +436,7 @@ def overshoot_cap(active: Any = True, soft: bool = True) -> Constraint:
       bound_before = g_before * d
       overshoot = overshoot & active
       # Past the threshold h - 3A > 0, so the soft denominator is > A.
-      excess = h - OVERSHOOT_RATIO * bound_before if soft else h
+      excess = _past_threshold(h, bound_before) if soft else h
       cap = r * bound_before / jnp.where(overshoot, bound_before + excess, 1)
       return jnp.where(overshoot, jnp.minimum(p, cap), p)
     return jax.tree.map(leaf, rate, proposed, step_h,
@@ -530,7 +537,7 @@ def _ceiling(overshoot, rate, ceiling, h, grad_norm_before, step_norm, *,
   if soft:
     bound = grad_norm_before * step_norm
     # An overshoot reading has h > 3A, so its excess is > 0.
-    excess = jnp.where(overshoot, h - OVERSHOOT_RATIO * bound, 1)
+    excess = jnp.where(overshoot, _past_threshold(h, bound), 1)
     top = jnp.minimum(rate * (1 + bound / excess),
                       jnp.where(ceiling > 0, ceiling, jnp.inf))
     top = jnp.maximum(rate, top)
