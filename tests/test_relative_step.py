@@ -143,7 +143,7 @@ def test_large_start_on_wine_never_diverges():
   """From adam(0.1) (tuned Adam: 3e-3 to 1e-2, final loss about 0.013) the
   default ends below 0.02 on every seed. Without the bound
   (max_relative_step=None, the 0.3.0 default) the factor climbed to 15-25x
-  on smooth stretches and the run diverged on some seeds (here seeds 0 and
-  5: 163 and 2.8)."""
+  on smooth stretches and the run diverged on some seeds (here seeds 5, 6
+  and 7: 259, 216 and 1,497)."""
   losses = _wine_final_losses(hgo.hypergradient)
   assert np.all(losses < 0.02), losses

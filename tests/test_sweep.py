@@ -6,6 +6,7 @@ import gzip
 import math
 import os
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -116,6 +117,11 @@ def test_train_many_matches_train():
   np.testing.assert_allclose(many.final_valid_loss[1],
                              single.final_valid_loss, rtol=1e-4)
   assert abs(many.final_train_loss[0] - single.final_loss_epoch) > 1e-4
+  # The final parameters and state come back stacked over the lanes.
+  for lanes, one in ((many.params, single.params),
+                     (many.state, single.state)):
+    for stacked, leaf in zip(jax.tree.leaves(lanes), jax.tree.leaves(one)):
+      np.testing.assert_allclose(stacked[1], leaf, rtol=1e-4, atol=1e-6)
 
 
 def _read(path):

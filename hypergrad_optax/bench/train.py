@@ -173,6 +173,8 @@ class ManyResult(NamedTuple):
     epoch_losses: ``[R, epochs]`` mean minibatch loss of each epoch.
     compile_seconds: time to compile the init, epoch and eval functions.
     run_seconds: time of the training steps and the evaluation.
+    params: the final parameters, stacked over the ``R`` runs.
+    state: the final optimizer states, stacked likewise.
   """
   final_train_loss: np.ndarray
   final_valid_loss: np.ndarray
@@ -180,6 +182,8 @@ class ManyResult(NamedTuple):
   epoch_losses: np.ndarray
   compile_seconds: float
   run_seconds: float
+  params: Any = None
+  state: Any = None
 
 
 def train_many(dataset: data_lib.Dataset, model: models_lib.Model, build,
@@ -289,7 +293,7 @@ def train_many(dataset: data_lib.Dataset, model: models_lib.Model, build,
     final = np.full_like(final, np.nan)
   return ManyResult(final, np.where(np.isfinite(final), valid_loss, np.nan),
                     np.concatenate(all_rates, axis=1), epoch_losses,
-                    compile_seconds, time.perf_counter() - tic)
+                    compile_seconds, time.perf_counter() - tic, params, state)
 
 
 def write_csv(path: str, rows: list) -> None:
