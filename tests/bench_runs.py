@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hypergrad_optax.bench import data as bench_data
+from hypergrad_optax.bench import sweep as bench_sweep
 from hypergrad_optax.bench import tasks as bench_tasks
 from hypergrad_optax.bench import train as bench_train
 
@@ -29,12 +30,13 @@ def final_runs(task_name, alpha0, make_tx, seeds):
   dataset = bench_data.load(task.dataset, None)
   model = task.model()
   loss_fn = bench_tasks.loss_fn(task, model)
-  steps = task.default_epochs * (len(dataset.x_train) // task.batch_size)
+  batch_size = task.batch_size or bench_sweep.DEFAULT_BATCH_SIZE
+  steps = task.default_epochs * (len(dataset.x_train) // batch_size)
   base = bench_tasks.base_optimizer(task, steps)
   result = bench_train.train_many(
       dataset, model, lambda a: make_tx(base(a)),
       alphas=np.full(seeds, alpha0), seeds=np.arange(seeds),
-      epochs=task.default_epochs, batch_size=task.batch_size,
+      epochs=task.default_epochs, batch_size=batch_size,
       loss_fn=loss_fn, progress=False)
   x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   losses = jax.jit(jax.vmap(loss_fn, in_axes=(0, None, None)))(

@@ -120,7 +120,8 @@ def test_train_many_matches_train():
   # The final parameters and state come back stacked over the lanes.
   for lanes, one in ((many.params, single.params),
                      (many.state, single.state)):
-    for stacked, leaf in zip(jax.tree.leaves(lanes), jax.tree.leaves(one)):
+    for stacked, leaf in zip(jax.tree.leaves(lanes), jax.tree.leaves(one),
+                             strict=True):
       np.testing.assert_allclose(stacked[1], leaf, rtol=1e-4, atol=1e-6)
 
 

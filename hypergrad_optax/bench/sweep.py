@@ -49,6 +49,8 @@ CSV_COLUMNS = ("task", "method", "alpha0", "seed", "final_train_loss",
                "final_valid_loss", "best_tuned_train_loss", "regret")
 # Points per rate trace kept for the plots and rates.npz.
 TRACE_POINTS = 400
+# The minibatch size of a task that sets none.
+DEFAULT_BATCH_SIZE = 128
 
 
 _GRID_ALLOWED = ("; give a number > 0 (e.g. 1e-3), a comma-separated list "
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--batch-size", type=positive_int("--batch-size"),
                       default=None,
                       help="override the tasks' batch sizes (default: the "
-                      "task's, else 128)")
+                      f"task's, else {DEFAULT_BATCH_SIZE})")
   parser.add_argument("--data-dir", default=None,
                       help="data folder (MNIST/Fashion-MNIST IDX files, "
                       "CIFAR-10 batches, or kjv.txt for charlm)")
@@ -327,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       parser.exit(2, f"hypergrad-bench sweep: error: {err}\n")
     dataset = loaded[task.dataset]
     epochs = args.epochs or task.default_epochs
-    batch_size = args.batch_size or task.batch_size or 128
+    batch_size = args.batch_size or task.batch_size or DEFAULT_BATCH_SIZE
     epochs_of[name] = epochs
     print(f"{name}: {task.description}; {epochs} epochs, batch {batch_size}, "
           f"{len(dataset.x_train)} training examples (data "
