@@ -63,6 +63,14 @@ def check_unit_interval(name: str, value: Any) -> None:
     raise ValueError(f"{name} must be in [0, 1); got {value!r}.")
 
 
+def check_closed_unit_interval(name: str, value: Any) -> None:
+  """Checks that ``value`` is a number with ``0 <= value <= 1`` (a
+  fraction)."""
+  x = concrete_float(value)
+  if x is None or not 0.0 <= x <= 1.0:
+    raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
+
+
 def check_positive(name: str, value: Any) -> None:
   x = concrete_float(value)
   if x is not None and not (math.isfinite(x) and x > 0):

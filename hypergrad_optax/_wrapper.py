@@ -254,13 +254,17 @@ def hypergradient(
       multiplicative rule's own drift is slower than the evidence warrants,
       up to a ceiling that the overshoot guard's readings set (Friedman:
       2.89 / 2.20), since 0.10.0 as softly as its cap cuts (1.81 / 1.18;
-      :func:`hypergrad_optax.rules.noise_gate`). The additive rule and a
+      :func:`hypergrad_optax.rules.noise_gate`). Since 0.11.0 the gate
+      climbs back 70 % of each of the guard's cuts (in log-rate), save
+      where its evidence asks for a lower rate (``NoiseGate.recovery``;
+      Friedman: 1.25 / 1.04). The additive rule and a
       ``hyper_optimizer`` get no log step (their drift per unit of cosine
       is not ``hyper_lr``); a custom rule gets it in full.
-      ``NoiseGate(soft_ceiling=False)`` restores the 0.8.0-0.9.0 ceiling,
-      ``NoiseGate(log_step=None)`` the 0.5.0-0.7.0 gate, None the 0.4.0
-      default (their checkpoints: ``docs/recipes.md``). No effect with
-      ``horizon=1``.
+      ``NoiseGate(recovery=None)`` restores the 0.10.0 gate,
+      ``NoiseGate(soft_ceiling=False, recovery=None)`` the 0.8.0-0.9.0
+      ceiling, ``NoiseGate(log_step=None, recovery=None)`` the 0.5.0-0.7.0
+      gate, None the 0.4.0 default (their checkpoints:
+      ``docs/recipes.md``). No effect with ``horizon=1``.
     max_relative_step: :math:`\kappa`: each step's factor is capped so that
       the step moves the parameters by at most :math:`\kappa` times their
       norm, :math:`s_t \le \kappa \|\theta_{t-1}\| / \|\tilde u_t\|`

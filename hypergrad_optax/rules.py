@@ -309,18 +309,40 @@ NOISE_GATE_DEVIATION_Z = 1.0
 # back past the rate that had overshot. docs/results.md, section (l).
 NOISE_GATE_LOG_STEP = 0.05
 
+# The gate's recovery after the guard's cuts (default since 0.11.0). On the
+# Friedman regression guard readings, after a minibatch whose gradient was
+# a third of the typical norm, cut the rate by a median of 1.8x (a tenth of
+# them by 3.4x or more), at rates well below the tuned one; on the runs that
+# end worst they add up (a median of 6 a run), and the gate's evidence is
+# then too weak to climb back.
+# Over 30 seeds (worst / median regret over α0 = 1e-1 ... 1e-5): climbing
+# back 70 % of each cut took mlp-friedman from 1.81 / 1.18 to 1.25 / 1.04
+# and mlp-wine from 1.00 / 0.995 to 0.994 / 0.992, at a price on
+# mlp-digits-long: 0.970 / 0.964 to 1.17 / 0.980 (2 of 270 runs above 1.2x,
+# one at 6.6x; 0.10.0: none).
+# The whole cut: Friedman 1.11, but the digits MLP's cuts at the edge of
+# stability were undone (2.19 / 1.03, 10 seeds); half: Friedman 1.46.
+# Held only where the mean asks for a lower rate (not this step's cosine),
+# any recovery stalled sgd(0.1) on the Rosenbrock function.
+# docs/results.md, section (p).
+NOISE_GATE_RECOVERY = 0.7
+NOISE_GATE_RECOVERY_STEP = 0.1
+
 
 class NoiseGate(NamedTuple):
   """The noise gate's settings: ``hypergradient(noise_gate=NoiseGate(...))``.
 
   A number ``z`` passed as ``noise_gate`` means ``NoiseGate(z)``. See
   :func:`noise_gate` for what each does. The log step (default since 0.8.0;
-  ``log_step=None`` gives back the 0.7.0 gate) lets the rate climb off a
-  noisy plateau, up to a ceiling that the overshoot guard's readings set
-  (soft since 0.10.0; ``soft_ceiling=False`` gives back the 0.9.0
-  gate): over 30 seeds the log step took the Friedman regression's median
+  ``log_step=None, recovery=None`` gives back the 0.7.0 gate) lets the rate
+  climb off a noisy plateau, up to a ceiling that the overshoot guard's
+  readings set (soft since 0.10.0; ``soft_ceiling=False, recovery=None``
+  gives back the 0.9.0 gate): over 30 seeds the log step took the Friedman regression's median
   regret from 2.72 to 2.20, the soft ceiling (under the guard's soft cap)
-  from 1.30 to 1.18; see ``docs/how_it_works.md`` ("The log step").
+  from 1.30 to 1.18; see ``docs/how_it_works.md`` ("The log step"). The
+  recovery (default since 0.11.0; ``recovery=None`` gives back the 0.10.0
+  gate) climbs back part of each of the guard's cuts: Friedman's worst /
+  median from 1.81 / 1.18 to 1.25 / 1.04 ("The gate's recovery").
 
   Attributes:
     z: how many standard errors the cosine's running mean must clear.
@@ -334,6 +356,12 @@ class NoiseGate(NamedTuple):
       above the rate that overshot by as much as the reading is marginal,
       but not above the ceiling before (the default since 0.10.0); False:
       that rate itself (0.8.0, 0.9.0).
+    recovery: after a cut of the overshoot guard, the fraction of the cut
+      (in log-rate) the rate climbs back, in [0, 1]
+      (``NOISE_GATE_RECOVERY`` = 0.7, the default since 0.11.0); None: none
+      (0.10.0 and before).
+    recovery_step: the most the climb back raises the log-rate per step
+      (``NOISE_GATE_RECOVERY_STEP`` = 0.1).
 
   Example:
     >>> import optax, hypergrad_optax as hgo
@@ -352,6 +380,8 @@ class NoiseGate(NamedTuple):
   # (0.997 / 0.970, 4 of 270 runs at 1.2-1.9x); without any ceiling it saws
   # (5.46, 10 seeds). docs/results.md, section (n).
   soft_ceiling: bool = True
+  recovery: Optional[float] = NOISE_GATE_RECOVERY
+  recovery_step: float = NOISE_GATE_RECOVERY_STEP
 
   def checked(self, prefix: str = "") -> "NoiseGate":
     """These settings, each checked; an error names ``prefix`` + the field
@@ -363,6 +393,10 @@ class NoiseGate(NamedTuple):
         _validation.check_non_negative(prefix + name, getattr(self, name))
     _validation.check_choice(prefix + "soft_ceiling", self.soft_ceiling,
                              (True, False))
+    if self.recovery is not None:
+      _validation.check_closed_unit_interval(prefix + "recovery",
+                                             self.recovery)
+    _validation.check_positive(prefix + "recovery_step", self.recovery_step)
     return self
 
 
@@ -520,12 +554,19 @@ class NoiseGateState(NamedTuple):
       above that step's rate by as much as the reading was marginal; see
       :func:`noise_gate`); like the rate; 0 before any, and without the
       guard: no ceiling; ``()`` without the log step; new in 0.8.0.
+    recovery: the rate the gate climbs back to after the overshoot guard's
+      last cut (part of the way back to the rate that overshot; see
+      :func:`noise_gate`), like the rate; 0 before any reading; on the step
+      of a reading, minus the rate that overshot (the next step sets the
+      target from where the cut left the rate); ``()``
+      without the recovery or without the guard; new in 0.11.0.
   """
   inner: Any
   count: Rate
   mean: Rate
   square: Rate
   ceiling: Rate
+  recovery: Any
 
 
 def _ceiling(overshoot, rate, ceiling, h, grad_norm_before, step_norm, *,
@@ -547,13 +588,32 @@ def _ceiling(overshoot, rate, ceiling, h, grad_norm_before, step_norm, *,
   return jnp.where(overshoot, rate, ceiling).astype(ceiling.dtype)
 
 
+def _recover(rate, gated, target, overshoot, lower, *, fraction, step):
+  """The recovery after the guard's cuts (one leaf; see :func:`noise_gate`):
+  ``gated`` raised toward the target, and the new target."""
+  # The step after a reading, the target holds minus the rate that
+  # overshot, and the rate is where the guard's cut left it: the target
+  # becomes `fraction` of the way back (in log-rate).
+  pending = target < 0
+  back = (-target) ** fraction * rate ** (1 - jnp.asarray(fraction,
+                                                          rate.dtype))
+  target = jnp.where(pending, back, target)
+  up = jnp.minimum(target, rate * jnp.exp(jnp.asarray(step, rate.dtype)))
+  climb = (target > rate) & ~lower & ~overshoot
+  gated = jnp.where(climb, jnp.maximum(gated, up), gated)
+  target = jnp.where(overshoot, -rate, target)
+  return gated.astype(rate.dtype), target.astype(rate.dtype)
+
+
 def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                decay: float = NOISE_GATE_DECAY, *,
                deviation_z: Optional[float] = NOISE_GATE_DEVIATION_Z,
                log_step: Optional[float] = NOISE_GATE_LOG_STEP,
                rule_speed: Any = 0.0,
                follow_threshold: Optional[float] = None,
-               soft_ceiling: bool = True) -> RateRule:
+               soft_ceiling: bool = True,
+               recovery: Optional[float] = NOISE_GATE_RECOVERY,
+               recovery_step: float = NOISE_GATE_RECOVERY_STEP) -> RateRule:
   r"""``rule``, moving the rate only where its hypergradient beats its noise.
 
   The tangent's cosine :math:`c_t` (:func:`cosine`) is a noisy estimate of
@@ -638,6 +698,32 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   digits runs of 270 ended at 1.2-1.9x tuned Adam's loss, their rates 20-40
   times the tuned one).
 
+  The guard's cut itself rests on one minibatch. On a noisy regression
+  the readings (after a minibatch whose gradient was a third of the
+  typical norm) each cut the rate by a median of 1.8 times, at rates well
+  below the tuned one; on the runs that end worst they add up (a median of
+  6 a run), and the gate's evidence is then too weak to climb back for the
+  rest of the run. So with ``recovery`` :math:`f` (the default since 0.11.0) the
+  guard's cut is provisional: from where the cut left the rate,
+  :math:`r_{cut}`, the rate climbs back toward
+
+  .. math::
+    r^\star = r_{over}^{\,f}\, r_{cut}^{\,1-f},
+
+  :math:`f` of the way (in log-rate) to the rate :math:`r_{over}` that
+  overshot, by at most :math:`e^{\kappa}` per step (``recovery_step``),
+  save on a step where the evidence asks for a lower rate: the running
+  mean (:math:`\hat m_t > z\,\mathrm{se}_t`) or, with ``deviation_z``,
+  this step's cosine alone (:math:`c_t - \hat m_{t-1} > z_d\,
+  \hat\sigma_{t-1}`). :math:`r^\star` holds until the next reading. On
+  the edge of stability of a deterministic run the steps after an
+  overshoot swing back across the valley, their cosines beyond the control
+  limit, and the climb holds; without that test the climb pushed
+  ``sgd(0.1)`` back over the edge after every cut and it stalled on the
+  Rosenbrock function. Like TCP CUBIC's return toward the window at the
+  last loss (Ha, Rhee & Xu, 2008), but to a point between the two rates
+  and at a bounded exponential speed.
+
   Only with a longer horizon (the ``step_*`` signals given); a no-op for the
   one-step rule, which stays the paper's. A non-finite cosine leaves the
   moments and the move to ``rule`` (whose step skips it).
@@ -662,6 +748,11 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     soft_ceiling: the ceiling :math:`c_t` above (the default since
       0.10.0); False: the rate that overshot, :math:`c_t = r_{t-1}` (0.8.0
       and 0.9.0).
+    recovery: :math:`f` in [0, 1], the fraction of the guard's cut (in
+      log-rate) climbed back (the default since 0.11.0; needs the guard,
+      ``follow_threshold`` given); None: none (0.10.0).
+    recovery_step: :math:`\kappa`, the most the climb back raises
+      :math:`\log r` per step.
 
   Returns:
     A :class:`RateRule` whose state is a :class:`NoiseGateState`.
@@ -687,9 +778,16 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     threshold);
     Donoho, `De-noising by soft-thresholding
     <https://doi.org/10.1109/18.382009>`_, IEEE Trans. Inf. Theory, 1995
-    (the soft ceiling).
+    (the soft ceiling);
+    Ha, Rhee & Xu, `CUBIC: A New TCP-Friendly High-Speed TCP Variant
+    <https://doi.org/10.1145/1400097.1400105>`_, ACM SIGOPS Operating
+    Systems Review, 2008 (the return toward the rate before a cut).
   """
-  NoiseGate(z, decay, deviation_z, log_step, soft_ceiling).checked()
+  NoiseGate(z, decay, deviation_z, log_step, soft_ceiling, recovery,
+            recovery_step).checked()
+  # The guard's readings (follow_threshold given: the guard is on) set the
+  # ceiling and the recovery's target.
+  recovers = recovery is not None and follow_threshold is not None
 
   def init(rate):
     # Separate buffers for the two moments: a state holding one buffer twice
@@ -700,7 +798,8 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                           optax.tree.zeros_like(rate),
                           # Without the log step nothing reads a ceiling.
                           () if log_step is None
-                          else optax.tree.zeros_like(rate))
+                          else optax.tree.zeros_like(rate),
+                          optax.tree.zeros_like(rate) if recovers else ())
 
   def update(rate, signals, state):
     proposed, inner = rule.update(rate, signals, state.inner)
@@ -733,14 +832,18 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       return m / correction, v / correction
 
     # The guard's reading needs ‖g_{t-1}‖, kept only with the guard.
-    ceiling = state.ceiling
-    if (log_step is not None and follow_threshold is not None
-        and signals.previous_grad_norm is not None):
+    ceiling, target = state.ceiling, state.recovery
+    reads = (follow_threshold is not None
+             and signals.previous_grad_norm is not None)
+    if reads:
       step_h, step_norm = signals.last_step()
+      overshoot = overshooting(signals)
+      reading = (overshoot, rate)
+      reading_tail = (step_h, signals.previous_grad_norm, step_norm)
+    if reads and log_step is not None:
       ceiling = jax.tree.map(
           functools.partial(_ceiling, soft=soft_ceiling),
-          overshooting(signals), rate, ceiling, step_h,
-          signals.previous_grad_norm, step_norm)
+          *reading, ceiling, *reading_tail)
 
     def lengthen(r, p, m, v, top):
       # Increases only, where the rule's own drift β|m̂| falls short of
@@ -767,14 +870,25 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
         down = down | (seen & (c - m0 > band))
         up = up | (seen & (m0 - c > band))
       keep = f | ~jnp.isfinite(c) | jnp.where(p < r, down, up)
+      # The evidence that asks for a lower rate (the mean's or this step's
+      # own), or none (a non-finite step): the recovery then holds.
+      lower = down | ~jnp.isfinite(c)
       if log_step is not None:
         p = jnp.where(jnp.isfinite(c), lengthen(r, p, m, v, top), p)
-      return jnp.where(keep, p, r)
+      return jnp.where(keep, p, r), lower
     # Without the log step there is no ceiling; `rate` stands in, unread.
-    gated = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
-                         state.mean, state.square, state.count, follow,
-                         rate if log_step is None else ceiling)
-    return gated, NoiseGateState(inner, count, mean, square, ceiling)
+    gated_lower = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
+                               state.mean, state.square, state.count, follow,
+                               rate if log_step is None else ceiling)
+    gated, lower = jax.tree.transpose(
+        jax.tree.structure(rate), jax.tree.structure((0, 0)), gated_lower)
+    if reads and recovers:
+      gated, target = jax.tree.transpose(
+          jax.tree.structure(rate), jax.tree.structure((0, 0)),
+          jax.tree.map(functools.partial(_recover, fraction=recovery,
+                                         step=recovery_step),
+                       rate, gated, target, overshoot, lower))
+    return gated, NoiseGateState(inner, count, mean, square, ceiling, target)
 
   return RateRule(init, update, rule.keeps_grad_norm)
 

@@ -278,24 +278,24 @@ def test_state_bytes_per_variant():
   # where stored and the wrapper's tangent (its default horizon), plus
   # ||g_{t-1}|| with the overshoot guard (the wrapper's default), plus one
   # rate per tensor or per element, plus the noise gate's count, two
-  # running moments and the log step's ceiling per rate entry (16 B; the
-  # wrapper's default with its default horizon).
+  # running moments, the log step's ceiling and the recovery's target per
+  # rate entry (20 B; the wrapper's default with its default horizon).
   variants = {
       "hypergradient(sgd)": (hgo.hypergradient(optax.sgd(0.1)), sgd,
-                             8 * n + 12 + 16),
+                             8 * n + 12 + 20),
       "hypergradient(sgd), one-step": (
           hgo.hypergradient(optax.sgd(0.1), horizon=1), sgd, 4 * n + 12),
       "hypergradient(sgd), bf16 buffer": (
           hgo.hypergradient(optax.sgd(0.1), buffer_dtype=bf16), sgd,
-          4 * n + 12 + 16),
+          4 * n + 12 + 20),
       "hypergradient(adam)": (hgo.hypergradient(optax.adam(1e-2)), adam,
-                              8 * n + 12 + 16),
+                              8 * n + 12 + 20),
       "hypergradient(adam), per-tensor": (
           hgo.hypergradient(optax.adam(1e-2), granularity="per-tensor"),
-          adam, 8 * n + 4 + 8 * leaves + 16 * leaves),
+          adam, 8 * n + 4 + 8 * leaves + 20 * leaves),
       "hypergradient(adam), per-element": (
           hgo.hypergradient(optax.adam(1e-2), granularity="per-element"),
-          adam, 8 * n + 4 + 8 * n + 16 * n),
+          adam, 8 * n + 4 + 8 * n + 20 * n),
       "sgd_hd": (hgo.sgd_hd(0.1), sgd, 4 * n + 8),
       "sgd_hd, bf16 buffer": (hgo.sgd_hd(0.1, buffer_dtype=bf16), sgd,
                               2 * n + 8),

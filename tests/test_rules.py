@@ -410,9 +410,12 @@ def test_horizon_guard_reads_the_last_step_by_hand(x64, horizon, guard):
   del x64
   lr, beta = 1.5, 0.1
   # Without the relative step bound, which here keeps the steps from ever
-  # overshooting enough for the cap (it is checked with the tangent above).
+  # overshooting enough for the cap (it is checked with the tangent above),
+  # and without the gate's recovery, which climbs back part of a lone
+  # reading's cut (checked by hand in test_recovery_by_hand).
   tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=horizon,
-                         max_relative_step=None, overshoot_guard=guard)
+                         max_relative_step=None, overshoot_guard=guard,
+                         noise_gate=rules.NoiseGate(recovery=None))
   history, acted = _horizon_reference(lr, beta, "multiplicative", horizon,
                                       guard, 12, kappa=None)
   _check_against(tx, history, last_update=False)
@@ -506,11 +509,18 @@ _CONFIGS = [
     pytest.param(dict(horizon=10), id="horizon"),
     pytest.param(dict(horizon=10, curvature=True), id="curvature"),
     pytest.param(dict(noise_gate=1.0), id="noise-gate"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None),
+    pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None,
+                                                 recovery=None),
                       overshoot_guard="secant"), id="gate-0.7.0"),
     pytest.param(dict(overshoot_guard="secant"), id="guard-secant"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(soft_ceiling=False)),
+    pytest.param(dict(noise_gate=rules.NoiseGate(soft_ceiling=False,
+                                                 recovery=None)),
                  id="hard-ceiling-0.9.0"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(recovery=None)),
+                 id="no-recovery-0.10.0"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(recovery=1.0,
+                                                 recovery_step=0.3)),
+                 id="full-recovery"),
     pytest.param(dict(granularity="per-element"), id="per-element"),
     pytest.param(dict(granularity="per-tensor"), id="per-tensor-bound"),
     pytest.param(dict(granularity="per-tensor", rule=rules.descend(
@@ -714,7 +724,8 @@ def test_log_step_ceiling_by_hand(guard, soft):
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
       deviation_z=None, log_step=eta, rule_speed=beta,
-      follow_threshold=0.8 if guard else None, soft_ceiling=soft)
+      follow_threshold=0.8 if guard else None, soft_ceiling=soft,
+      recovery=None)  # test_recovery_by_hand
   # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken
   # at steps 5 and 9 by overshoots along the last step, (h, ‖g_{t-1}‖):
   # h = 0.9 > 3A = 0.15 (soft: a ceiling 1 + 0.05 / 0.75 times that step's
@@ -765,6 +776,81 @@ def test_log_step_ceiling_by_hand(guard, soft):
   assert held_by_before == ([9] if guard and soft else []), held_by_before
   if guard:
     assert want > ceiling and clipped[0] > min(readings)
+
+
+def test_recovery_by_hand():
+  """After the guard's soft cut r A / (A + h - 3A) the rate climbs back by
+  at most e^κ per step toward r_over^f r_cut^(1-f), f of the way (in
+  log-rate) from where the cut left it to the rate that overshot, save
+  where the gate's evidence asks for a lower rate (its mean, or this step's
+  cosine beyond the control limit); the target holds until the next
+  reading. In numpy: the gate (without log step), the cap and the
+  recovery."""
+  decay, z, z_d, beta, fraction, kappa = 0.5, 1.0, 1.0, 0.1, 0.5, 0.3
+  gate = rules.NoiseGate(z, decay, deviation_z=z_d, log_step=None,
+                         recovery=fraction, recovery_step=kappa)
+  rule = rules.guarded(
+      rules.descend(rules.multiplicative_feedback, rules.sgd(beta)),
+      overshoot_guard=True, gate=gate, rule_speed=beta)
+  # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken
+  # by overshoots along the last step (h, ‖g_{t-1}‖) at steps 3 and 11, and
+  # at steps 4-5 by cosines that ask for a lower one.
+  cosines = [-0.3, -0.3, 0.1, 0.3, 0.3, -0.3, -0.3, -0.3, -0.3, -0.3, 0.1,
+             -0.3, -0.3, 0.2, -0.3, -0.3, -0.3]
+  readings = {3: (0.9, 0.1), 11: (0.9, 0.05)}
+  rate = jnp.float32(1.0)
+  state = rule.init(rate)
+  m = v = 0.0
+  want, target = 1.0, 0.0
+  climbed, held, reached, targets = [], [], False, []
+  for t, c in enumerate(cosines, start=1):
+    h1, g_before = readings.get(t, (c, 1.0))
+    signals = rules.RateSignals(
+        jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
+        jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
+    rate, state = rule.update(rate, signals, state)
+    # The control band from the moments before this step.
+    seen = t > 1
+    sigma = math.sqrt(max(v_hat - m_hat ** 2, 0)) if seen else 0.0
+    deviates_down = seen and c - m_hat > z_d * sigma
+    deviates_up = seen and m_hat - c > z_d * sigma
+    m, v = decay * m + (1 - decay) * c, decay * v + (1 - decay) * c * c
+    mean, second = m / (1 - decay ** t), v / (1 - decay ** t)
+    error = math.sqrt(max(second - mean ** 2, 0) * (1 - decay) / (1 + decay))
+    follow = h1 > 0.8 and h1 > c
+    proposed = want * (1 - beta * (h1 if follow else c))
+    lower = mean > z * error or deviates_down
+    higher = mean < -z * error or deviates_up
+    keep = follow or (lower if proposed < want else higher)
+    new = proposed if keep else want
+    overshoot = h1 > 3 * g_before and c > 0.03
+    # The recovery: the target is set the step after a reading, from where
+    # the cut left the rate.
+    if target < 0:
+      target = (-target) ** fraction * want ** (1 - fraction)
+    if target > want and not overshoot:
+      if lower:
+        held.append((t, "mean" if mean > z * error else "this step"))
+      else:
+        up = min(target, want * math.exp(kappa))
+        if up > new:
+          new = up
+          climbed.append(t)
+          reached = reached or up == target
+    if overshoot:
+      target = -want
+      new = min(new, want * g_before / (g_before + h1 - 3 * g_before))
+    want = new
+    m_hat, v_hat = mean, second
+    targets.append(target)
+    np.testing.assert_allclose(float(rate), want, rtol=1e-5)
+    np.testing.assert_allclose(float(state.recovery), target, rtol=1e-5)
+  # The case exercises climbs back, ones that reach the target, climbs held
+  # by the mean and by this step's cosine alone, and a target set afresh by
+  # the second reading.
+  assert climbed and reached, climbed
+  assert {"mean", "this step"} == {why for _, why in held}, held
+  assert 0 < targets[11] < targets[3], targets
 
 
 def test_noise_gate_is_a_no_op_for_the_one_step_rule(x64):
@@ -841,7 +927,12 @@ def test_default_noise_gate_is_z_2_with_the_deviation_test():
     (rules.NoiseGate(decay=1.0), "noise_gate.decay"),
     (rules.NoiseGate(deviation_z=-1.0), "noise_gate.deviation_z"),
     (rules.NoiseGate(log_step=float("inf")), "noise_gate.log_step"),
-    (rules.NoiseGate(soft_ceiling="hard"), "noise_gate.soft_ceiling")])
+    (rules.NoiseGate(soft_ceiling="hard"), "noise_gate.soft_ceiling"),
+    (rules.NoiseGate(recovery=1.5), "noise_gate.recovery"),
+    (rules.NoiseGate(recovery="half"), "noise_gate.recovery"),
+    (rules.NoiseGate(recovery_step=0.0), "noise_gate.recovery_step"),
+    (rules.NoiseGate(recovery_step=float("nan")),
+     "noise_gate.recovery_step")])
 def test_noise_gate_argument_is_checked(value, name):
   with pytest.raises(ValueError, match=f"^{re.escape(name)} must"):
     hgo.hypergradient(optax.sgd(0.1), noise_gate=value)

@@ -27,9 +27,11 @@ _ADAM = pytest.mark.standard_promotion  # optax's Adam is not strict-clean
 # float32 sums in another order (per shard, then across shards) differ in the
 # last bits; 30 steps amplify that to about 1e-7 relative in the parameters.
 # Per-element rates, each driven by one product g_i d_i, are the most
-# sensitive (6.6e-5 measured).
+# sensitive: under the default gate 3.8e-4 measured in 0.10.0, 5.0e-4 with
+# the recovery's climbs of 0.11.0 (6.8e-5 under the 0.7.0 gate), where a
+# decision of the gate or the guard that differed would differ by percent.
 PARAM_TOL = 1e-5
-RATE_TOL = 5e-4
+RATE_TOL = 1e-3
 
 
 def _subprocess_env(**extra):

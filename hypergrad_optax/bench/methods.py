@@ -339,35 +339,42 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
-  hard_ceiling = hgo.rules.NoiseGate(soft_ceiling=False)
+  no_recovery = hgo.rules.NoiseGate(recovery=None)
+  register("hypergradient_v0100", "hd",
+           lambda a, base: hgo.hypergradient(base(a),
+                                             noise_gate=no_recovery),
+           "hypergradient(base(α0), noise_gate=rules.NoiseGate("
+           "recovery=None)): the 0.10.0 default, without the gate's recovery "
+           "after the guard's cuts", groups=("horizon",))
+  hard_ceiling = no_recovery._replace(soft_ceiling=False)
   register("hypergradient_v090", "hd",
            lambda a, base: hgo.hypergradient(base(a),
                                              noise_gate=hard_ceiling),
            "hypergradient(base(α0), noise_gate=rules.NoiseGate("
-           "soft_ceiling=False)): the 0.9.0 default, the log step's ceiling "
-           "at the rate that overshot", groups=("horizon",))
+           "soft_ceiling=False, recovery=None)): the 0.9.0 default, the log "
+           "step's ceiling at the rate that overshot", groups=("horizon",))
   register("hypergradient_v080", "hd",
            lambda a, base: hgo.hypergradient(base(a),
                                              overshoot_guard="secant",
                                              noise_gate=hard_ceiling),
            "hypergradient(base(α0), overshoot_guard='secant', noise_gate="
-           "rules.NoiseGate(soft_ceiling=False)): the 0.8.0 default, the "
-           "guard's secant cap", groups=("horizon",))
+           "rules.NoiseGate(soft_ceiling=False, recovery=None)): the 0.8.0 "
+           "default, the guard's secant cap", groups=("horizon",))
   register("hypergradient_v070", "hd",
            lambda a, base: hgo.hypergradient(
                base(a), overshoot_guard="secant",
-               noise_gate=hgo.rules.NoiseGate(log_step=None)),
+               noise_gate=hgo.rules.NoiseGate(log_step=None, recovery=None)),
            "hypergradient(base(α0), overshoot_guard='secant', noise_gate="
-           "rules.NoiseGate(log_step=None)): the 0.7.0 default, without the "
-           "gate's log step",
+           "rules.NoiseGate(log_step=None, recovery=None)): the 0.7.0 "
+           "default, without the gate's log step",
            groups=("horizon",))
   register("hypergradient_v060", "hd",
            lambda a, base: hgo.hypergradient(
                base(a), max_relative_step=0.3, overshoot_guard="secant",
-               noise_gate=hgo.rules.NoiseGate(log_step=None)),
+               noise_gate=hgo.rules.NoiseGate(log_step=None, recovery=None)),
            "hypergradient(base(α0), max_relative_step=0.3, overshoot_guard="
-           "'secant', noise_gate=rules.NoiseGate(log_step=None)): the 0.5.0 "
-           "and 0.6.0 default",
+           "'secant', noise_gate=rules.NoiseGate(log_step=None, "
+           "recovery=None)): the 0.5.0 and 0.6.0 default",
            groups=("horizon",))
   register("hypergradient_v040", "hd",
            lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
