@@ -337,12 +337,13 @@ class NoiseGate(NamedTuple):
   ``log_step=None, recovery=None`` gives back the 0.7.0 gate) lets the rate
   climb off a noisy plateau, up to a ceiling that the overshoot guard's
   readings set (soft since 0.10.0; ``soft_ceiling=False, recovery=None``
-  gives back the 0.9.0 gate): over 30 seeds the log step took the Friedman regression's median
-  regret from 2.72 to 2.20, the soft ceiling (under the guard's soft cap)
-  from 1.30 to 1.18; see ``docs/how_it_works.md`` ("The log step"). The
-  recovery (default since 0.11.0; ``recovery=None`` gives back the 0.10.0
-  gate) climbs back part of each of the guard's cuts: Friedman's worst /
-  median from 1.81 / 1.18 to 1.25 / 1.04 ("The gate's recovery").
+  gives back the 0.9.0 gate): over 30 seeds the log step took the Friedman
+  regression's median regret from 2.72 to 2.20, the soft ceiling (under the
+  guard's soft cap) from 1.30 to 1.18; see ``docs/how_it_works.md`` ("The
+  log step"). The recovery (default since 0.11.0; ``recovery=None`` gives
+  back the 0.10.0 gate) climbs back part of each of the guard's cuts:
+  Friedman's worst / median from 1.81 / 1.18 to 1.25 / 1.04 ("The gate's
+  recovery").
 
   Attributes:
     z: how many standard errors the cosine's running mean must clear.
@@ -556,10 +557,10 @@ class NoiseGateState(NamedTuple):
       guard: no ceiling; ``()`` without the log step; new in 0.8.0.
     recovery: the rate the gate climbs back to after the overshoot guard's
       last cut (part of the way back to the rate that overshot; see
-      :func:`noise_gate`), like the rate; 0 before any reading; on the step
-      of a reading, minus the rate that overshot (the next step sets the
-      target from where the cut left the rate); ``()``
-      without the recovery or without the guard; new in 0.11.0.
+      :func:`noise_gate`), like the rate; 0: none; on the step of a
+      reading, minus the rate that overshot (the next step sets the target
+      from where the cut left the rate); ``()`` without the recovery or
+      without the guard; new in 0.11.0.
   """
   inner: Any
   count: Rate
@@ -594,10 +595,10 @@ def _recover(rate, gated, target, overshoot, lower, *, fraction, step):
   # The step after a reading, the target holds minus the rate that
   # overshot, and the rate is where the guard's cut left it: the target
   # becomes `fraction` of the way back (in log-rate).
-  pending = target < 0
-  back = (-target) ** fraction * rate ** (1 - jnp.asarray(fraction,
-                                                          rate.dtype))
-  target = jnp.where(pending, back, target)
+  # No target where the rate was not cut (the cap inactive, as at β = 0).
+  over = -target
+  back = over ** fraction * rate ** (1 - jnp.asarray(fraction, rate.dtype))
+  target = jnp.where(target < 0, jnp.where(rate < over, back, 0), target)
   up = jnp.minimum(target, rate * jnp.exp(jnp.asarray(step, rate.dtype)))
   climb = (target > rate) & ~lower & ~overshoot
   gated = jnp.where(climb, jnp.maximum(gated, up), gated)
@@ -703,9 +704,9 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   typical norm) each cut the rate by a median of 1.8 times, at rates well
   below the tuned one; on the runs that end worst they add up (a median of
   6 a run), and the gate's evidence is then too weak to climb back for the
-  rest of the run. So with ``recovery`` :math:`f` (the default since 0.11.0) the
-  guard's cut is provisional: from where the cut left the rate,
-  :math:`r_{cut}`, the rate climbs back toward
+  rest of the run. So with ``recovery`` :math:`f` (the default since
+  0.11.0) the guard's cut is provisional: from where the cut left the
+  rate, :math:`r_{cut}`, the rate climbs back toward
 
   .. math::
     r^\star = r_{over}^{\,f}\, r_{cut}^{\,1-f},
