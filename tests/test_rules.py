@@ -710,6 +710,21 @@ def test_noise_gate_by_hand(deviation_z, log_step):
       log_step is not None), lengthened
 
 
+def _gate_steps(rule, cosines, readings):
+  """Drives ``rule`` from rate 1 with the tangent's cosines (‖g‖ = ‖Z‖ = 1)
+  and, at the steps in ``readings``, the last step's (h, ‖g_{t-1}‖) (else
+  (cosine, 1)); yields ``(t, c, h, ‖g_{t-1}‖, rate, state)`` per step."""
+  rate = jnp.float32(1.0)
+  state = rule.init(rate)
+  for t, c in enumerate(cosines, start=1):
+    h1, g_before = readings.get(t, (c, 1.0))
+    signals = rules.RateSignals(
+        jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
+        jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
+    rate, state = rule.update(rate, signals, state)
+    yield t, c, h1, g_before, rate, state
+
+
 @pytest.mark.parametrize("guard,soft", [(True, True), (True, False),
                                         (False, True)])
 def test_log_step_ceiling_by_hand(guard, soft):
@@ -734,16 +749,10 @@ def test_log_step_ceiling_by_hand(guard, soft):
   cosines = [-0.05, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, 0.1,
              -0.06, -0.05, -0.04, -0.05, -0.06]
   readings = {5: (0.9, 0.05), 9: (0.9, 0.25)}
-  rate = jnp.float32(1.0)
-  state = rule.init(rate)
   m = v = 0.0
   want, ceiling, clipped, held_by_before = 1.0, 0.0, [], []
-  for t, c in enumerate(cosines, start=1):
-    h1, g_before = readings.get(t, (c, 1.0))
-    signals = rules.RateSignals(
-        jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
-        jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
-    rate, state = rule.update(rate, signals, state)
+  for t, c, h1, g_before, rate, state in _gate_steps(rule, cosines,
+                                                     readings):
     if guard and h1 > 3 * g_before and c > 0.03:
       top = want
       if soft:
@@ -798,17 +807,11 @@ def test_recovery_by_hand():
   cosines = [-0.3, -0.3, 0.1, 0.3, 0.3, -0.3, -0.3, -0.3, -0.3, -0.3, 0.1,
              -0.3, -0.3, 0.2, -0.3, -0.3, -0.3]
   readings = {3: (0.9, 0.1), 11: (0.9, 0.05)}
-  rate = jnp.float32(1.0)
-  state = rule.init(rate)
-  m = v = 0.0
+  m = v = m_hat = v_hat = 0.0
   want, target = 1.0, 0.0
   climbed, held, reached, targets = [], [], False, []
-  for t, c in enumerate(cosines, start=1):
-    h1, g_before = readings.get(t, (c, 1.0))
-    signals = rules.RateSignals(
-        jnp.float32(c), jnp.float32(1.0), jnp.float32(1.0),
-        jnp.float32(g_before), jnp.float32(h1), jnp.float32(1.0))
-    rate, state = rule.update(rate, signals, state)
+  for t, c, h1, g_before, rate, state in _gate_steps(rule, cosines,
+                                                     readings):
     # The control band from the moments before this step.
     seen = t > 1
     sigma = math.sqrt(max(v_hat - m_hat ** 2, 0)) if seen else 0.0
