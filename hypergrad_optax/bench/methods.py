@@ -339,56 +339,48 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
-  no_recovery = hgo.rules.NoiseGate(recovery=None)
-  register("hypergradient_v0100", "hd",
-           lambda a, base: hgo.hypergradient(base(a),
-                                             noise_gate=no_recovery),
-           "hypergradient(base(α0), noise_gate=rules.NoiseGate("
-           "recovery=None)): the 0.10.0 default, without the gate's recovery "
-           "after the guard's cuts", groups=("horizon",))
-  hard_ceiling = no_recovery._replace(soft_ceiling=False)
-  register("hypergradient_v090", "hd",
-           lambda a, base: hgo.hypergradient(base(a),
-                                             noise_gate=hard_ceiling),
-           "hypergradient(base(α0), noise_gate=rules.NoiseGate("
-           "soft_ceiling=False, recovery=None)): the 0.9.0 default, the log "
-           "step's ceiling at the rate that overshot", groups=("horizon",))
-  register("hypergradient_v080", "hd",
-           lambda a, base: hgo.hypergradient(base(a),
-                                             overshoot_guard="secant",
-                                             noise_gate=hard_ceiling),
-           "hypergradient(base(α0), overshoot_guard='secant', noise_gate="
-           "rules.NoiseGate(soft_ceiling=False, recovery=None)): the 0.8.0 "
-           "default, the guard's secant cap", groups=("horizon",))
-  register("hypergradient_v070", "hd",
-           lambda a, base: hgo.hypergradient(
-               base(a), overshoot_guard="secant",
-               noise_gate=hgo.rules.NoiseGate(log_step=None, recovery=None)),
-           "hypergradient(base(α0), overshoot_guard='secant', noise_gate="
-           "rules.NoiseGate(log_step=None, recovery=None)): the 0.7.0 "
-           "default, without the gate's log step",
-           groups=("horizon",))
-  register("hypergradient_v060", "hd",
-           lambda a, base: hgo.hypergradient(
-               base(a), max_relative_step=0.3, overshoot_guard="secant",
-               noise_gate=hgo.rules.NoiseGate(log_step=None, recovery=None)),
-           "hypergradient(base(α0), max_relative_step=0.3, overshoot_guard="
-           "'secant', noise_gate=rules.NoiseGate(log_step=None, "
-           "recovery=None)): the 0.5.0 and 0.6.0 default",
-           groups=("horizon",))
-  register("hypergradient_v040", "hd",
-           lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
-                                             max_relative_step=0.3,
-                                             overshoot_guard="secant"),
-           "hypergradient(base(α0), noise_gate=None, max_relative_step=0.3, "
-           "overshoot_guard='secant'): the 0.4.0 default, without the noise "
-           "gate", groups=("horizon",))
-  register("hypergradient_v030", "hd",
-           lambda a, base: hgo.hypergradient(base(a), noise_gate=None,
-                                             max_relative_step=None,
-                                             overshoot_guard="secant"),
-           "hypergradient(base(α0), noise_gate=None, max_relative_step=None, "
-           "overshoot_guard='secant'): the 0.3.0 default", groups=("horizon",))
+  # Past defaults: (version, the options that give it back, those options
+  # as written in the description, what it was).
+  gate = hgo.rules.NoiseGate
+  past = (
+      ("0100", dict(noise_gate=gate(recovery=None)),
+       "noise_gate=rules.NoiseGate(recovery=None)",
+       "the 0.10.0 default, without the gate's recovery after the guard's "
+       "cuts"),
+      ("090", dict(noise_gate=gate(soft_ceiling=False, recovery=None)),
+       "noise_gate=rules.NoiseGate(soft_ceiling=False, recovery=None)",
+       "the 0.9.0 default, the log step's ceiling at the rate that "
+       "overshot"),
+      ("080", dict(overshoot_guard="secant",
+                   noise_gate=gate(soft_ceiling=False, recovery=None)),
+       "overshoot_guard='secant', noise_gate=rules.NoiseGate("
+       "soft_ceiling=False, recovery=None)",
+       "the 0.8.0 default, the guard's secant cap"),
+      ("070", dict(overshoot_guard="secant",
+                   noise_gate=gate(log_step=None, recovery=None)),
+       "overshoot_guard='secant', noise_gate=rules.NoiseGate(log_step=None, "
+       "recovery=None)",
+       "the 0.7.0 default, without the gate's log step"),
+      ("060", dict(max_relative_step=0.3, overshoot_guard="secant",
+                   noise_gate=gate(log_step=None, recovery=None)),
+       "max_relative_step=0.3, overshoot_guard='secant', noise_gate="
+       "rules.NoiseGate(log_step=None, recovery=None)",
+       "the 0.5.0 and 0.6.0 default"),
+      ("040", dict(noise_gate=None, max_relative_step=0.3,
+                   overshoot_guard="secant"),
+       "noise_gate=None, max_relative_step=0.3, overshoot_guard='secant'",
+       "the 0.4.0 default, without the noise gate"),
+      ("030", dict(noise_gate=None, max_relative_step=None,
+                   overshoot_guard="secant"),
+       "noise_gate=None, max_relative_step=None, overshoot_guard='secant'",
+       "the 0.3.0 default"),
+  )
+  for version, options, written, what in past:
+    register(f"hypergradient_v{version}", "hd",
+             lambda a, base, options=options: hgo.hypergradient(base(a),
+                                                                **options),
+             f"hypergradient(base(α0), {written}): {what}",
+             groups=("horizon",))
   register("adam_hd", "hd", lambda a, base: hgo.adam_hd(a, BETA_ADAM),
            f"adam_hd(α0, {BETA_ADAM:g}): the paper's additive Adam-HD",
            groups=default)
