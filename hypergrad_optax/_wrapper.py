@@ -257,7 +257,9 @@ def hypergradient(
       :func:`hypergrad_optax.rules.noise_gate`). Since 0.11.0 the gate
       climbs back 70 % of each of the guard's cuts (in log-rate), save
       where its evidence asks for a lower rate (``NoiseGate.recovery``;
-      Friedman: 1.25 / 1.04). The additive rule and a
+      Friedman: 1.25 / 1.04); ``NoiseGate.start_log_step`` (opt-in, 0.12.0)
+      lengthens the log step at the start, until the guard's first reading.
+      The additive rule and a
       ``hyper_optimizer`` get no log step (their drift per unit of cosine
       is not ``hyper_lr``); a custom rule gets it in full.
       ``NoiseGate(recovery=None)`` restores the 0.10.0 gate,

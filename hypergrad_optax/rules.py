@@ -328,6 +328,19 @@ NOISE_GATE_LOG_STEP = 0.05
 NOISE_GATE_RECOVERY = 0.7
 NOISE_GATE_RECOVERY_STEP = 0.1
 
+# The start's log step that was measured (opt-in since 0.12.0, not the
+# default): until the guard's first reading or the mean's first ask for a
+# lower rate, TCP's slow start. Over the sweep (worst / median regret over
+# α0 = 1e-1 ... 1e-5; runs above 2x tuned Adam), against the default:
+# mlp-friedman (60 seeds) 1.26 / 1.00, 24 of 540, to 1.08 / 0.942, 6;
+# charlm (2 epochs) from 1e-5 1.44 to 1.18; mlp-wine (30) 0.994 / 0.992 to
+# 0.997 / 0.988; but mlp-digits-long (60) 1.07 / 0.981, 1 of 540, to
+# 1.04 / 0.992, 4, and on short ReLU runs from a small α0 the rate climbs
+# past the good rates before anything reads (the quickstart notebook's MLP
+# from 1e-5, 6 epochs: 0.27-0.33 against 0.09-0.16). Ended by a reading
+# alone: digits 1.27 / 1.00; at 0.2: a wine run at 6x. docs/results.md, (q).
+NOISE_GATE_START_LOG_STEP = 0.1
+
 
 class NoiseGate(NamedTuple):
   """The noise gate's settings: ``hypergradient(noise_gate=NoiseGate(...))``.
@@ -343,7 +356,10 @@ class NoiseGate(NamedTuple):
   log step"). The recovery (default since 0.11.0; ``recovery=None`` gives
   back the 0.10.0 gate) climbs back part of each of the guard's cuts:
   Friedman's worst / median from 1.81 / 1.18 to 1.25 / 1.04 ("The gate's
-  recovery").
+  recovery"). With ``start_log_step=0.1`` (opt-in, 0.12.0) the log step is
+  twice as long at the start, until the guard's first reading or the
+  mean's first ask for a lower rate: Friedman from 1.26 / 1.00 to 1.08 /
+  0.942 over 60 seeds, at a price on ReLU MLPs ("The slow start").
 
   Attributes:
     z: how many standard errors the cosine's running mean must clear.
@@ -363,6 +379,10 @@ class NoiseGate(NamedTuple):
       (0.10.0 and before).
     recovery_step: the most the climb back raises the log-rate per step
       (``NOISE_GATE_RECOVERY_STEP`` = 0.1).
+    start_log_step: the log step until the overshoot guard's first reading
+      or the first step whose running mean asks for a lower rate (new in
+      0.12.0, opt-in; ``NOISE_GATE_START_LOG_STEP`` = 0.1 is the setting
+      measured); None (the default): ``log_step`` throughout.
 
   Example:
     >>> import optax, hypergrad_optax as hgo
@@ -383,13 +403,14 @@ class NoiseGate(NamedTuple):
   soft_ceiling: bool = True
   recovery: Optional[float] = NOISE_GATE_RECOVERY
   recovery_step: float = NOISE_GATE_RECOVERY_STEP
+  start_log_step: Optional[float] = None
 
   def checked(self, prefix: str = "") -> "NoiseGate":
     """These settings, each checked; an error names ``prefix`` + the field
     (``'noise_gate.'`` from the wrapper)."""
     _validation.check_non_negative(prefix + "z", self.z)
     _validation.check_unit_interval(prefix + "decay", self.decay)
-    for name in ("deviation_z", "log_step"):
+    for name in ("deviation_z", "log_step", "start_log_step"):
       if getattr(self, name) is not None:
         _validation.check_non_negative(prefix + name, getattr(self, name))
     _validation.check_choice(prefix + "soft_ceiling", self.soft_ceiling,
@@ -554,7 +575,9 @@ class NoiseGateState(NamedTuple):
       by the last step the overshoot guard read as an overshoot (by default
       above that step's rate by as much as the reading was marginal; see
       :func:`noise_gate`); like the rate; 0 before any, and without the
-      guard: no ceiling; ``()`` without the log step; new in 0.8.0.
+      guard: no ceiling; with ``start_log_step`` (0.12.0), 0 marks the
+      start and -1 no ceiling after it; ``()`` without the log step; new in
+      0.8.0.
     recovery: the rate the gate climbs back to after the overshoot guard's
       last cut (part of the way back to the rate that overshot; see
       :func:`noise_gate`), like the rate; 0: none; on the step of a
@@ -571,7 +594,7 @@ class NoiseGateState(NamedTuple):
 
 
 def _ceiling(overshoot, rate, ceiling, h, grad_norm_before, step_norm, *,
-             soft):
+             soft, none=0):
   """The log step's ceiling after this reading (one leaf; see
   :func:`noise_gate`): unchanged without an overshoot, else the rate ``r``
   that overshot, or with ``soft`` ``r (1 + A / (h - 3A))`` held between
@@ -585,7 +608,7 @@ def _ceiling(overshoot, rate, ceiling, h, grad_norm_before, step_norm, *,
     top = jnp.maximum(rate, top)
     # Overflow with no ceiling before, where the excess all but vanishes:
     # the limit, no ceiling.
-    rate = jnp.where(jnp.isfinite(top), top, 0)
+    rate = jnp.where(jnp.isfinite(top), top, none)
   return jnp.where(overshoot, rate, ceiling).astype(ceiling.dtype)
 
 
@@ -614,7 +637,8 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                follow_threshold: Optional[float] = None,
                soft_ceiling: bool = True,
                recovery: Optional[float] = NOISE_GATE_RECOVERY,
-               recovery_step: float = NOISE_GATE_RECOVERY_STEP) -> RateRule:
+               recovery_step: float = NOISE_GATE_RECOVERY_STEP,
+               start_log_step: Optional[float] = None) -> RateRule:
   r"""``rule``, moving the rate only where its hypergradient beats its noise.
 
   The tangent's cosine :math:`c_t` (:func:`cosine`) is a noisy estimate of
@@ -676,7 +700,20 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   the guard): the lengthened rate becomes :math:`\min(r_t, \max(r'_t,
   c_t))`, so above the ceiling only ``rule``'s own move passes. This is
   TCP's slow-start threshold (Jacobson, 1988: grow fast up to the window
-  that last lost packets, slowly beyond), without its halving. Without it
+  that last lost packets, slowly beyond), without its halving. Before the
+  guard's first reading there is no ceiling, and with ``start_log_step``
+  :math:`\eta_0` (opt-in; 0.1 measured, twice :math:`\eta`) the log step
+  is :math:`\eta_0` there, as TCP's slow start is fastest before the first
+  loss: from a small :math:`\alpha_0` a climb at :math:`\eta` may
+  not reach the tuned rate before the signal fades on a noisy plateau, or
+  before a short run ends. Like slow start on any sign of congestion, the
+  start ends too where the running mean first asks for a lower rate
+  (:math:`\hat m_t > z\,\mathrm{se}_t`): from a too large
+  :math:`\alpha_0` the rate comes down first, and a fast climb back
+  before any reading sent some digits MLP runs over the edge of
+  stability. It is not the default: on ReLU MLPs the faster climb passes
+  the good rates before anything reads (``docs/how_it_works.md``, "The
+  slow start"). Without it
   the rate climbed back past the overshooting rate after each of the
   guard's cuts, a sawtooth that left some noisy runs far above their best
   loss. But minibatch noise alone gives readings just past the guard's
@@ -754,6 +791,10 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       ``follow_threshold`` given); None: none (0.10.0).
     recovery_step: :math:`\kappa`, the most the climb back raises
       :math:`\log r` per step.
+    start_log_step: :math:`\eta_0`, the log step until the guard's first
+      reading or the mean's first ask for a lower rate (with the guard
+      only; opt-in, new in 0.12.0); None (the default): :math:`\eta`
+      throughout.
 
   Returns:
     A :class:`RateRule` whose state is a :class:`NoiseGateState`.
@@ -785,7 +826,7 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     Systems Review, 2008 (the return toward the rate before a cut).
   """
   NoiseGate(z, decay, deviation_z, log_step, soft_ceiling, recovery,
-            recovery_step).checked()
+            recovery_step, start_log_step).checked()
   # The guard's readings (follow_threshold given: the guard is on) set the
   # ceiling and the recovery's target.
   recovers = recovery is not None and follow_threshold is not None
@@ -841,16 +882,24 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       overshoot = overshooting(signals)
       reading = (overshoot, rate)
       reading_tail = (step_h, signals.previous_grad_norm, step_norm)
+    starts = reads and log_step is not None and start_log_step is not None
     if reads and log_step is not None:
+      # After a reading a ceiling is never 0 again with the start: its end.
       ceiling = jax.tree.map(
-          functools.partial(_ceiling, soft=soft_ceiling),
+          functools.partial(_ceiling, soft=soft_ceiling,
+                            none=-1 if starts else 0),
           *reading, ceiling, *reading_tail)
 
     def lengthen(r, p, m, v, top):
       # Increases only, where the rule's own drift β|m̂| falls short of
       # η|m̂| / √v̂, and up to the ceiling (the rule's own move may pass it).
       rms = jnp.sqrt(v)
-      gain = jnp.asarray(log_step, m.dtype) / jnp.where(rms > 0, rms, 1)
+      eta = jnp.asarray(log_step, m.dtype)
+      if starts:
+        # A ceiling of 0: the start (no reading, and the mean has not yet
+        # asked for a lower rate).
+        eta = jnp.where(top == 0, jnp.asarray(start_log_step, m.dtype), eta)
+      gain = eta / jnp.where(rms > 0, rms, 1)
       gain = jnp.maximum(gain - jnp.asarray(rule_speed, m.dtype), 0)
       agrees = (p > r) & (m < 0) & (rms > 0)
       longer = p * jnp.exp(-gain * m).astype(p.dtype)
@@ -876,13 +925,19 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       lower = down | ~jnp.isfinite(c)
       if log_step is not None:
         p = jnp.where(jnp.isfinite(c), lengthen(r, p, m, v, top), p)
-      return jnp.where(keep, p, r), lower
+      return jnp.where(keep, p, r), lower, m > z * error
     # Without the log step there is no ceiling; `rate` stands in, unread.
     gated_lower = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
                                state.mean, state.square, state.count, follow,
                                rate if log_step is None else ceiling)
-    gated, lower = jax.tree.transpose(
-        jax.tree.structure(rate), jax.tree.structure((0, 0)), gated_lower)
+    gated, lower, mean_down = jax.tree.transpose(
+        jax.tree.structure(rate), jax.tree.structure((0, 0, 0)), gated_lower)
+    if starts:
+      # The start ends where the mean first asks for a lower rate (the start
+      # was too large): a negative ceiling, none to hold the log step.
+      ceiling = jax.tree.map(
+          lambda top, d: jnp.where((top == 0) & d, -1, top).astype(top.dtype),
+          ceiling, mean_down)
     if reads and recovers:
       gated, target = jax.tree.transpose(
           jax.tree.structure(rate), jax.tree.structure((0, 0)),

@@ -518,6 +518,8 @@ _CONFIGS = [
                  id="hard-ceiling-0.9.0"),
     pytest.param(dict(noise_gate=rules.NoiseGate(recovery=None)),
                  id="no-recovery-0.10.0"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(start_log_step=0.1)),
+                 id="start"),
     pytest.param(dict(noise_gate=rules.NoiseGate(recovery=1.0,
                                                  recovery_step=0.3)),
                  id="full-recovery"),
@@ -725,32 +727,38 @@ def _gate_steps(rule, cosines, readings):
     yield t, c, h1, g_before, rate, state
 
 
-@pytest.mark.parametrize("guard,soft", [(True, True), (True, False),
-                                        (False, True)])
-def test_log_step_ceiling_by_hand(guard, soft):
+@pytest.mark.parametrize("guard,soft,start,first", [
+    (True, True, None, -0.05), (True, False, None, -0.05),
+    (False, True, None, -0.05), (True, True, 0.5, -0.05),
+    (False, True, 0.5, -0.05), (True, True, 0.5, 0.1)])
+def test_log_step_ceiling_by_hand(guard, soft, start, first):
   """The log step lengthens a kept increase up to the ceiling, set by the
   last step the guard read as an overshoot (h > 3A, A = ‖g_{t-1}‖‖d_{t-1}‖
   along the last step, the tangent's cosine above 0.03): that step's rate r
   (soft_ceiling=False), or r (1 + A / (h - 3A)) held between r and the
   ceiling before. In numpy, the lengthened rate is min(r' e^{-m̂ (η/√v̂ -
-  β)}, max(r', ceiling)), r' the rule's own move. Without the guard (no
-  follow_threshold) no ceiling."""
+  β)}, max(r', ceiling)), r' the rule's own move, with η = start_log_step
+  until the guard's first reading or the first step whose mean asks for a
+  lower rate (m̂ > z se; the ceiling then -1: none). Without the guard (no
+  follow_threshold) no ceiling, and η throughout."""
   decay, z, beta, eta = 0.5, 1.0, 0.1, 0.2
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
       deviation_z=None, log_step=eta, rule_speed=beta,
       follow_threshold=0.8 if guard else None, soft_ceiling=soft,
-      recovery=None)  # test_recovery_by_hand
+      recovery=None,  # test_recovery_by_hand
+      start_log_step=start)
   # Tangent cosines (‖g‖ = ‖Z‖ = 1): a steady ask for a larger rate, broken
   # at steps 5 and 9 by overshoots along the last step, (h, ‖g_{t-1}‖):
   # h = 0.9 > 3A = 0.15 (soft: a ceiling 1 + 0.05 / 0.75 times that step's
   # rate), then h = 0.9 > 3A = 0.75 (soft: 1 + 0.25 / 0.15 times the rate,
   # above the ceiling before, which holds).
-  cosines = [-0.05, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, 0.1,
+  # A first cosine of 0.1 asks for a lower rate: the start ends there.
+  cosines = [first, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, 0.1,
              -0.06, -0.05, -0.04, -0.05, -0.06]
   readings = {5: (0.9, 0.05), 9: (0.9, 0.25)}
   m = v = 0.0
-  want, ceiling, clipped, held_by_before = 1.0, 0.0, [], []
+  want, ceiling, clipped, held_by_before, started = 1.0, 0.0, [], [], []
   for t, c, h1, g_before, rate, state in _gate_steps(rule, cosines,
                                                      readings):
     if guard and h1 > 3 * g_before and c > 0.03:
@@ -768,14 +776,20 @@ def test_log_step_ceiling_by_hand(guard, soft):
     down = proposed < want
     keep = ((guard and h1 > 0.8 and h1 > c)
             or (mean > z * error if down else mean < -z * error))
-    gain = max(eta / math.sqrt(second) - beta, 0.0)
+    starting = start is not None and guard and ceiling == 0
+    step = start if starting else eta
+    gain = max(step / math.sqrt(second) - beta, 0.0)
     if keep and not down and mean < 0 and gain > 0:
+      if step != eta:
+        started.append(t)
       longer = proposed * math.exp(-gain * mean)
       if ceiling > 0 and longer > max(ceiling, proposed):
         longer = max(ceiling, proposed)
         clipped.append(t)
       proposed = longer
     want = proposed if keep else want
+    if starting and mean > z * error:
+      ceiling = -1.0
     np.testing.assert_allclose(float(rate), want, rtol=1e-5)
     np.testing.assert_allclose(float(state.ceiling), ceiling, rtol=1e-6)
   # The case exercises climbs stopped at the ceiling, then the rule's own
@@ -783,6 +797,10 @@ def test_log_step_ceiling_by_hand(guard, soft):
   # bounds; without the guard the climb goes on.
   assert bool(clipped) == guard, clipped
   assert held_by_before == ([9] if guard and soft else []), held_by_before
+  # The start's step lengthens the climb before the first reading only,
+  # and not after the mean asked for a lower rate.
+  assert bool(started) == (guard and start is not None and first < 0), started
+  assert all(t < min(readings) for t in started), started
   if guard:
     assert want > ceiling and clipped[0] > min(readings)
 
@@ -930,6 +948,9 @@ def test_default_noise_gate_is_z_2_with_the_deviation_test():
     (rules.NoiseGate(decay=1.0), "noise_gate.decay"),
     (rules.NoiseGate(deviation_z=-1.0), "noise_gate.deviation_z"),
     (rules.NoiseGate(log_step=float("inf")), "noise_gate.log_step"),
+    (rules.NoiseGate(start_log_step=-0.1), "noise_gate.start_log_step"),
+    (rules.NoiseGate(start_log_step=float("nan")),
+     "noise_gate.start_log_step"),
     (rules.NoiseGate(soft_ceiling="hard"), "noise_gate.soft_ceiling"),
     (rules.NoiseGate(recovery=1.5), "noise_gate.recovery"),
     (rules.NoiseGate(recovery="half"), "noise_gate.recovery"),

@@ -339,6 +339,13 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
+  register("hypergradient_start", "hd",
+           lambda a, base: hgo.hypergradient(
+               base(a), noise_gate=hgo.rules.NoiseGate(
+                   start_log_step=hgo.rules.NOISE_GATE_START_LOG_STEP)),
+           "hypergradient(base(α0), noise_gate=rules.NoiseGate("
+           "start_log_step=0.1)): the gate's log step twice as long until the "
+           "guard's first reading (opt-in, 0.12.0)", groups=("horizon",))
   # Past defaults: (version, the options that give it back, those options
   # as written in the description, what it was).
   gate = hgo.rules.NoiseGate
