@@ -345,7 +345,8 @@ def _register_defaults():
                    start_log_step=hgo.rules.NOISE_GATE_START_LOG_STEP)),
            "hypergradient(base(α0), noise_gate=rules.NoiseGate("
            "start_log_step=0.1)): the gate's log step twice as long until the "
-           "guard's first reading (opt-in, 0.12.0)", groups=("horizon",))
+           "guard's first reading or the gate's first ask for a lower rate "
+           "(opt-in, 0.12.0)", groups=("horizon",))
   # Past defaults: (version, the options that give it back, those options
   # as written in the description, what it was).
   gate = hgo.rules.NoiseGate
