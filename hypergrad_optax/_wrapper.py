@@ -257,16 +257,20 @@ def hypergradient(
       :func:`hypergrad_optax.rules.noise_gate`). Since 0.11.0 the gate
       climbs back 70 % of each of the guard's cuts (in log-rate), save
       where its evidence asks for a lower rate (``NoiseGate.recovery``;
-      Friedman: 1.25 / 1.04); ``NoiseGate.start_log_step`` (opt-in, 0.12.0)
-      lengthens the log step at the start, until the guard's first reading.
+      Friedman: 1.25 / 1.04). Since 0.13.0 the log step is twice as long
+      at the start (``NoiseGate.start_log_step`` = 0.1), until the guard's
+      first reading or the first step whose cosine asks for a lower rate
+      (Friedman over 60 seeds: 1.18 / 0.966 against 1.26 / 1.00).
       The additive rule and a
       ``hyper_optimizer`` get no log step (their drift per unit of cosine
       is not ``hyper_lr``); a custom rule gets it in full.
-      ``NoiseGate(recovery=None)`` restores the 0.10.0 gate,
-      ``NoiseGate(soft_ceiling=False, recovery=None)`` the 0.8.0-0.9.0
-      ceiling, ``NoiseGate(log_step=None, recovery=None)`` the 0.5.0-0.7.0
-      gate, None the 0.4.0 default (their checkpoints:
-      ``docs/recipes.md``). No effect with ``horizon=1``.
+      ``NoiseGate(start_log_step=None)`` restores the 0.11.0-0.12.0 gate,
+      ``NoiseGate(recovery=None, start_log_step=None)`` the 0.10.0 gate,
+      ``NoiseGate(soft_ceiling=False, recovery=None, start_log_step=None)``
+      the 0.8.0-0.9.0 ceiling, ``NoiseGate(log_step=None, recovery=None,
+      start_log_step=None)`` the 0.5.0-0.7.0 gate, None the 0.4.0 default
+      (their checkpoints: ``docs/recipes.md``). No effect with
+      ``horizon=1``.
     max_relative_step: :math:`\kappa`: each step's factor is capped so that
       the step moves the parameters by at most :math:`\kappa` times their
       norm, :math:`s_t \le \kappa \|\theta_{t-1}\| / \|\tilde u_t\|`
@@ -300,10 +304,12 @@ def hypergradient(
     >>> for _ in range(2):
     ...   updates, state = tx.update(2 * params, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> # ũ_0 = -0.1 sign(g_0) = (-0.1, 0.1), g_1 = (1.8, -3.8), so
-    >>> # s_1 = 1 - 0.1 cos(g_1, ũ_0) = 1 + 0.1 * 0.56 / (0.1 √2 ‖g_1‖)
+    >>> # ũ_0 = -0.1 sign(g_0) = (-0.1, 0.1), g_1 = (1.8, -3.8), so the rule's
+    >>> # s_1 = 1 - 0.1 c, c = cos(g_1, ũ_0) = -0.56 / (0.1 √2 ‖g_1‖) = -0.942;
+    >>> # the noise gate's start lengthens it by e^{-(0.1 / √v̂ - 0.1) m̂}, m̂ and
+    >>> # v̂ the bias-corrected moments of the cosines (0, c): (1 - 0.1 c) 1.024
     >>> print(f"{hgo.get_learning_rate(state, base_learning_rate=0.1):.4f}")
-    0.1094
+    0.1120
 
   References:
     Baydin et al., `Online Learning Rate Adaptation with Hypergradient Descent

@@ -328,17 +328,20 @@ NOISE_GATE_LOG_STEP = 0.05
 NOISE_GATE_RECOVERY = 0.7
 NOISE_GATE_RECOVERY_STEP = 0.1
 
-# The start's log step that was measured (opt-in since 0.12.0, not the
-# default): until the guard's first reading or the mean's first ask for a
-# lower rate, TCP's slow start. Over the sweep (worst / median regret over
-# α0 = 1e-1 ... 1e-5; runs above 2x tuned Adam), against the default:
-# mlp-friedman (60 seeds) 1.26 / 1.00, 24 of 540, to 1.08 / 0.942, 6;
+# The start's log step (opt-in in 0.12.0, default since 0.13.0): until the
+# guard's first reading or the first step whose cosine asks for a lower
+# rate, TCP's slow start. Over the sweep (worst / median regret over
+# α0 = 1e-1 ... 1e-5; runs above 2x tuned Adam), against 0.12.0's default:
+# mlp-friedman (60 seeds) 1.26 / 1.00, 24 of 540, to 1.18 / 0.966, 15;
 # charlm (2 epochs) from 1e-5 1.44 to 1.18; mlp-wine (30) 0.994 / 0.992 to
-# 0.997 / 0.988; but mlp-digits-long (60) 1.07 / 0.981, 1 of 540, to
-# 1.04 / 0.992, 4, and on short ReLU runs from a small α0 the rate climbs
-# past the good rates before anything reads (the quickstart notebook's MLP
-# from 1e-5, 6 epochs: 0.27-0.33 against 0.09-0.16). Ended by a reading
-# alone: digits 1.27 / 1.00; at 0.2: a wine run at 6x. docs/results.md, (q).
+# 0.997 / 0.989; mlp-digits-long (60) 1.07 / 0.981, worst run 6.6x, to
+# 1.02 / 0.983, worst run 3.0x (3 of 540 above 2x, against 1).
+# Ended only where the running mean asked for a lower rate (0.12.0's
+# opt-in), the climb on ReLU MLPs from a small α0 went on long after the
+# cosines had turned (the mean remembers ~100 steps of the climb): the
+# quickstart notebook's MLP from 1e-5, 6 epochs, ended at 0.27-0.33 against
+# 0.09-0.16; ended by a reading alone: digits 1.27 / 1.00; at 0.2: a wine
+# run at 6x. docs/results.md, (q) and (r).
 NOISE_GATE_START_LOG_STEP = 0.1
 
 
@@ -356,10 +359,11 @@ class NoiseGate(NamedTuple):
   log step"). The recovery (default since 0.11.0; ``recovery=None`` gives
   back the 0.10.0 gate) climbs back part of each of the guard's cuts:
   Friedman's worst / median from 1.81 / 1.18 to 1.25 / 1.04 ("The gate's
-  recovery"). With ``start_log_step=0.1`` (opt-in, 0.12.0) the log step is
-  twice as long at the start, until the guard's first reading or the
-  mean's first ask for a lower rate: Friedman from 1.26 / 1.00 to 1.08 /
-  0.942 over 60 seeds, at a price on ReLU MLPs ("The slow start").
+  recovery"). The start's log step (default since 0.13.0;
+  ``start_log_step=None`` gives back the 0.11.0-0.12.0 gate, and the older
+  gates above need it too) is twice as long until the guard's first
+  reading or the first step whose cosine asks for a lower rate: Friedman
+  from 1.26 / 1.00 to 1.18 / 0.966 over 60 seeds ("The slow start").
 
   Attributes:
     z: how many standard errors the cosine's running mean must clear.
@@ -380,9 +384,11 @@ class NoiseGate(NamedTuple):
     recovery_step: the most the climb back raises the log-rate per step
       (``NOISE_GATE_RECOVERY_STEP`` = 0.1).
     start_log_step: the log step until the overshoot guard's first reading
-      or the first step whose running mean asks for a lower rate (new in
-      0.12.0, opt-in; ``NOISE_GATE_START_LOG_STEP`` = 0.1 is the setting
-      measured); None (the default): ``log_step`` throughout.
+      or the first step whose cosine asks for a lower rate
+      (``NOISE_GATE_START_LOG_STEP`` = 0.1, the default since 0.13.0; new
+      in 0.12.0, where it was opt-in and ended only where the running mean
+      asked for a lower rate); None: ``log_step`` throughout (0.12.0 and
+      before).
 
   Example:
     >>> import optax, hypergrad_optax as hgo
@@ -403,7 +409,7 @@ class NoiseGate(NamedTuple):
   soft_ceiling: bool = True
   recovery: Optional[float] = NOISE_GATE_RECOVERY
   recovery_step: float = NOISE_GATE_RECOVERY_STEP
-  start_log_step: Optional[float] = None
+  start_log_step: Optional[float] = NOISE_GATE_START_LOG_STEP
 
   def checked(self, prefix: str = "") -> "NoiseGate":
     """These settings, each checked; an error names ``prefix`` + the field
@@ -575,9 +581,9 @@ class NoiseGateState(NamedTuple):
       by the last step the overshoot guard read as an overshoot (by default
       above that step's rate by as much as the reading was marginal; see
       :func:`noise_gate`); like the rate; 0 before any, and without the
-      guard: no ceiling; with ``start_log_step`` (0.12.0), 0 marks the
-      start and -1 no ceiling after it; ``()`` without the log step; new in
-      0.8.0.
+      guard: no ceiling; with ``start_log_step`` (the default since
+      0.13.0), 0 marks the start and -1 no ceiling after it; ``()``
+      without the log step; new in 0.8.0.
     recovery: the rate the gate climbs back to after the overshoot guard's
       last cut (part of the way back to the rate that overshot; see
       :func:`noise_gate`), like the rate; 0: none; on the step of a
@@ -638,7 +644,8 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
                soft_ceiling: bool = True,
                recovery: Optional[float] = NOISE_GATE_RECOVERY,
                recovery_step: float = NOISE_GATE_RECOVERY_STEP,
-               start_log_step: Optional[float] = None) -> RateRule:
+               start_log_step: Optional[float] = NOISE_GATE_START_LOG_STEP
+               ) -> RateRule:
   r"""``rule``, moving the rate only where its hypergradient beats its noise.
 
   The tangent's cosine :math:`c_t` (:func:`cosine`) is a noisy estimate of
@@ -702,18 +709,20 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
   TCP's slow-start threshold (Jacobson, 1988: grow fast up to the window
   that last lost packets, slowly beyond), without its halving. Before the
   guard's first reading there is no ceiling, and with ``start_log_step``
-  :math:`\eta_0` (opt-in; 0.1 measured, twice :math:`\eta`) the log step
-  is :math:`\eta_0` there, as TCP's slow start is fastest before the first
-  loss: from a small :math:`\alpha_0` a climb at :math:`\eta` may
-  not reach the tuned rate before the signal fades on a noisy plateau, or
-  before a short run ends. Like slow start on any sign of congestion, the
-  start ends too where the running mean first asks for a lower rate
-  (:math:`\hat m_t > z\,\mathrm{se}_t`): from a too large
-  :math:`\alpha_0` the rate comes down first, and a fast climb back
-  before any reading sent some digits MLP runs over the edge of
-  stability. It is not the default: on ReLU MLPs the faster climb passes
-  the good rates before anything reads (``docs/how_it_works.md``, "The
-  slow start"). Without it
+  :math:`\eta_0` (the default since 0.13.0: 0.1, twice :math:`\eta`) the
+  log step is :math:`\eta_0` there, as TCP's slow start is fastest before
+  the first loss: from a small :math:`\alpha_0` a climb at :math:`\eta`
+  may not reach the tuned rate before the signal fades on a noisy plateau,
+  or before a short run ends. Like slow start on the first sign of
+  congestion, the start ends too at the first step whose cosine asks for a
+  lower rate (:math:`c_t > 0`), whatever the running mean says: from a too
+  large :math:`\alpha_0` the rate comes down first, and a fast climb back
+  before any reading sent some digits MLP runs over the edge of stability;
+  on ReLU MLPs from a small :math:`\alpha_0` the cosines turn from a
+  steady -0.4 to about 0 within a few steps once the rate is good, while
+  the running mean, remembering about :math:`1/(1-\rho)` steps of the
+  climb, asks for more for a hundred steps (``docs/how_it_works.md``, "The
+  slow start"). Without the ceiling
   the rate climbed back past the overshooting rate after each of the
   guard's cuts, a sawtooth that left some noisy runs far above their best
   loss. But minibatch noise alone gives readings just past the guard's
@@ -792,9 +801,9 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
     recovery_step: :math:`\kappa`, the most the climb back raises
       :math:`\log r` per step.
     start_log_step: :math:`\eta_0`, the log step until the guard's first
-      reading or the mean's first ask for a lower rate (with the guard
-      only; opt-in, new in 0.12.0); None (the default): :math:`\eta`
-      throughout.
+      reading or the first step whose cosine asks for a lower rate (with
+      the guard only; new in 0.12.0, the default since 0.13.0); None:
+      :math:`\eta` throughout (0.12.0's default).
 
   Returns:
     A :class:`RateRule` whose state is a :class:`NoiseGateState`.
@@ -925,19 +934,20 @@ def noise_gate(rule: RateRule, z: float = NOISE_GATE_Z,
       lower = down | ~jnp.isfinite(c)
       if log_step is not None:
         p = jnp.where(jnp.isfinite(c), lengthen(r, p, m, v, top), p)
-      return jnp.where(keep, p, r), lower, m > z * error
+      # The start's end: this step's cosine asks for a lower rate.
+      return jnp.where(keep, p, r), lower, c > 0
     # Without the log step there is no ceiling; `rate` stands in, unread.
     gated_lower = jax.tree.map(leaf, rate, proposed, cos, mean, square, count,
                                state.mean, state.square, state.count, follow,
                                rate if log_step is None else ceiling)
-    gated, lower, mean_down = jax.tree.transpose(
+    gated, lower, asks_lower = jax.tree.transpose(
         jax.tree.structure(rate), jax.tree.structure((0, 0, 0)), gated_lower)
     if starts:
-      # The start ends where the mean first asks for a lower rate (the start
-      # was too large): a negative ceiling, none to hold the log step.
+      # The start ends at the first step whose cosine asks for a lower rate
+      # (TCP's first loss): a negative ceiling, none to hold the log step.
       ceiling = jax.tree.map(
           lambda top, d: jnp.where((top == 0) & d, -1, top).astype(top.dtype),
-          ceiling, mean_down)
+          ceiling, asks_lower)
     if reads and recovers:
       gated, target = jax.tree.transpose(
           jax.tree.structure(rate), jax.tree.structure((0, 0)),

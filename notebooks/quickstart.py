@@ -141,7 +141,9 @@ def train(tx, read_rate, epochs=EPOCHS, seed=0):
 # ## Adam from a learning rate 100x too small
 #
 # `hgo.hypergradient` uses its untuned defaults: the multiplicative rule with `hyper_lr=0.1`
-# (the factor changes by at most 10% per step) and the overshoot guard.
+# (the rule changes the factor by at most 10% per step), the noise gate (whose log step lengthens
+# a clear climb, by at most e^0.1 more per step at the start and e^0.05 after it) and the
+# overshoot guard.
 # `hgo.get_learning_rate(state, base_learning_rate=BAD_LR)` returns the effective rate,
 # the adapted factor times the inner optimizer's rate.
 
@@ -180,7 +182,8 @@ plt.tight_layout(); plt.show()
 
 # %% [markdown]
 # From a rate 100x too small, plain Adam barely moves; the adapted rate first grows
-# geometrically (up to 10% per step) while successive gradients agree.
+# geometrically while successive gradients agree (the default by up to 12% per step, until the
+# first step whose hypergradient asks for a smaller rate; the one-step rule by up to 10%).
 #
 # What happens next depends on how far back the hypergradient looks. The paper's one-step rule
 # (`horizon=1`) asks whether the *last* step should have been longer; once the loss flattens,
@@ -189,26 +192,32 @@ plt.tight_layout(); plt.show()
 # (`horizon="run"`, since 0.3.0) asks whether all the steps so far should have been longer,
 # weighting recent ones most; the noise of single steps averages out and its rate climbs higher.
 #
-# What to look for in the full-size run: the default ends at a training loss of about 0.0002,
-# the one-step rule at about 0.022, plain Adam at 1.9. The default's rate keeps climbing to about
-# 1e-2; the one-step rule's peaks near 1.8e-3 and then falls by about four orders of magnitude.
+# What to look for in the full-size run: the default ends at a training loss of about 0.0004,
+# the one-step rule at about 0.022, plain Adam at 1.9. The default's rate climbs to about 1.6e-2
+# within 300 steps and holds there until the overshoot guard cuts it, late in the run; the
+# one-step rule's peaks near 1.8e-3 and then falls by about four orders of magnitude.
 #
 # The next cell checks what this text says, at either size: the hypergradient runs end at least
-# 10x below plain Adam, the rate never grows by more than 10% in a step, it climbs by well over
-# an order of magnitude, and the default climbs higher and ends lower than the one-step rule.
+# 10x below plain Adam, the rate never grows by more than 10% in a step times the gate's e^0.1,
+# it climbs by well over an order of magnitude, and the default climbs higher than the one-step
+# rule; at full size, it ends lower too. (After the small size's 270 steps the two are still
+# close and which ends lower changes from seed to seed: over 5 seeds the default's last 20
+# losses average 0.07-0.30, a median of 0.138, the one-step rule's 0.10-0.16, 0.143.)
 
 # %%
 adam_loss = runs["optax.adam"][0][-20:].mean()
 for name in ("hgo.hypergradient(optax.adam)", "... horizon=1 (one-step)"):
     losses, rates, _ = runs[name]
     assert losses[-20:].mean() < adam_loss / 10, (name, losses[-20:].mean(), adam_loss)
-    assert np.all(rates[1:] <= rates[:-1] * 1.1 * (1 + 1e-5)), name   # <= 10% per step
+    # The rule's 10 % per step, times the noise gate's log step at the start.
+    assert np.all(rates[1:] <= rates[:-1] * 1.1 * np.exp(0.1) * (1 + 1e-5)), name
     assert rates.max() > 50 * BAD_LR, (name, rates.max())
 default_losses, default_rates, _ = runs["hgo.hypergradient(optax.adam)"]
 one_step_losses, one_step_rates, _ = runs["... horizon=1 (one-step)"]
 assert default_rates.max() > one_step_rates.max(), (default_rates.max(), one_step_rates.max())
-assert default_losses[-20:].mean() < one_step_losses[-20:].mean(), (
-    default_losses[-20:].mean(), one_step_losses[-20:].mean())
+if not SMALL:
+    assert default_losses[-20:].mean() < one_step_losses[-20:].mean(), (
+        default_losses[-20:].mean(), one_step_losses[-20:].mean())
 print("The claims above hold.")
 
 # %% [markdown]

@@ -65,8 +65,8 @@ OPTIMIZERS = [
         optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(log_step=None),
         overshoot_guard="secant"), id="wrap-sgd-gate-0.7.0"),
     pytest.param(lambda: hgo.hypergradient(
-        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(start_log_step=0.1)),
-                 id="wrap-sgd-start"),
+        optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(start_log_step=None)),
+                 id="wrap-sgd-0.12.0"),
     pytest.param(lambda: hgo.sgd_hd(0.1, 1e-2, momentum=0.9, nesterov=True,
                                     granularity="per-tensor"),
                  id="sgdn_hd-per-tensor"),

@@ -412,10 +412,12 @@ def test_horizon_guard_reads_the_last_step_by_hand(x64, horizon, guard):
   # Without the relative step bound, which here keeps the steps from ever
   # overshooting enough for the cap (it is checked with the tangent above),
   # and without the gate's recovery, which climbs back part of a lone
-  # reading's cut (checked by hand in test_recovery_by_hand).
+  # reading's cut (checked by hand in test_recovery_by_hand), or its start
+  # (test_log_step_ceiling_by_hand).
   tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=horizon,
                          max_relative_step=None, overshoot_guard=guard,
-                         noise_gate=rules.NoiseGate(recovery=None))
+                         noise_gate=rules.NoiseGate(recovery=None,
+                                                    start_log_step=None))
   history, acted = _horizon_reference(lr, beta, "multiplicative", horizon,
                                       guard, 12, kappa=None)
   _check_against(tx, history, last_update=False)
@@ -510,16 +512,19 @@ _CONFIGS = [
     pytest.param(dict(horizon=10, curvature=True), id="curvature"),
     pytest.param(dict(noise_gate=1.0), id="noise-gate"),
     pytest.param(dict(noise_gate=rules.NoiseGate(log_step=None,
-                                                 recovery=None),
+                                                 recovery=None,
+                                                 start_log_step=None),
                       overshoot_guard="secant"), id="gate-0.7.0"),
     pytest.param(dict(overshoot_guard="secant"), id="guard-secant"),
     pytest.param(dict(noise_gate=rules.NoiseGate(soft_ceiling=False,
-                                                 recovery=None)),
+                                                 recovery=None,
+                                                 start_log_step=None)),
                  id="hard-ceiling-0.9.0"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(recovery=None)),
+    pytest.param(dict(noise_gate=rules.NoiseGate(recovery=None,
+                                                 start_log_step=None)),
                  id="no-recovery-0.10.0"),
-    pytest.param(dict(noise_gate=rules.NoiseGate(start_log_step=0.1)),
-                 id="start"),
+    pytest.param(dict(noise_gate=rules.NoiseGate(start_log_step=None)),
+                 id="no-start-0.12.0"),
     pytest.param(dict(noise_gate=rules.NoiseGate(recovery=1.0,
                                                  recovery_step=0.3)),
                  id="full-recovery"),
@@ -727,20 +732,21 @@ def _gate_steps(rule, cosines, readings):
     yield t, c, h1, g_before, rate, state
 
 
-@pytest.mark.parametrize("guard,soft,start,first", [
-    (True, True, None, -0.05), (True, False, None, -0.05),
-    (False, True, None, -0.05), (True, True, 0.5, -0.05),
-    (False, True, 0.5, -0.05), (True, True, 0.5, 0.1)])
-def test_log_step_ceiling_by_hand(guard, soft, start, first):
+@pytest.mark.parametrize("guard,soft,start,first,then", [
+    (True, True, None, -0.05, -0.06), (True, False, None, -0.05, -0.06),
+    (False, True, None, -0.05, -0.06), (True, True, 0.5, -0.05, -0.06),
+    (False, True, 0.5, -0.05, -0.06), (True, True, 0.5, 0.1, -0.06),
+    (True, True, 0.5, -0.05, 0.02)])
+def test_log_step_ceiling_by_hand(guard, soft, start, first, then):
   """The log step lengthens a kept increase up to the ceiling, set by the
   last step the guard read as an overshoot (h > 3A, A = ‖g_{t-1}‖‖d_{t-1}‖
   along the last step, the tangent's cosine above 0.03): that step's rate r
   (soft_ceiling=False), or r (1 + A / (h - 3A)) held between r and the
   ceiling before. In numpy, the lengthened rate is min(r' e^{-m̂ (η/√v̂ -
   β)}, max(r', ceiling)), r' the rule's own move, with η = start_log_step
-  until the guard's first reading or the first step whose mean asks for a
-  lower rate (m̂ > z se; the ceiling then -1: none). Without the guard (no
-  follow_threshold) no ceiling, and η throughout."""
+  until the guard's first reading or the first step whose cosine asks for a
+  lower rate (c > 0, though the mean may not; the ceiling then -1: none).
+  Without the guard (no follow_threshold) no ceiling, and η throughout."""
   decay, z, beta, eta = 0.5, 1.0, 0.1, 0.2
   rule = rules.noise_gate(
       rules.descend(rules.multiplicative_feedback, rules.sgd(beta)), z, decay,
@@ -753,8 +759,9 @@ def test_log_step_ceiling_by_hand(guard, soft, start, first):
   # h = 0.9 > 3A = 0.15 (soft: a ceiling 1 + 0.05 / 0.75 times that step's
   # rate), then h = 0.9 > 3A = 0.75 (soft: 1 + 0.25 / 0.15 times the rate,
   # above the ceiling before, which holds).
-  # A first cosine of 0.1 asks for a lower rate: the start ends there.
-  cosines = [first, -0.06, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, 0.1,
+  # A first cosine of 0.1 asks for a lower rate: the start ends there; a
+  # second of 0.02 too, while the mean still asks for a larger one.
+  cosines = [first, then, -0.05, -0.04, 0.1, -0.05, -0.06, -0.05, 0.1,
              -0.06, -0.05, -0.04, -0.05, -0.06]
   readings = {5: (0.9, 0.05), 9: (0.9, 0.25)}
   m = v = 0.0
@@ -788,7 +795,7 @@ def test_log_step_ceiling_by_hand(guard, soft, start, first):
         clipped.append(t)
       proposed = longer
     want = proposed if keep else want
-    if starting and mean > z * error:
+    if starting and c > 0:
       ceiling = -1.0
     np.testing.assert_allclose(float(rate), want, rtol=1e-5)
     np.testing.assert_allclose(float(state.ceiling), ceiling, rtol=1e-6)
@@ -798,9 +805,9 @@ def test_log_step_ceiling_by_hand(guard, soft, start, first):
   assert bool(clipped) == guard, clipped
   assert held_by_before == ([9] if guard and soft else []), held_by_before
   # The start's step lengthens the climb before the first reading only,
-  # and not after the mean asked for a lower rate.
+  # and not after a cosine asked for a lower rate.
   assert bool(started) == (guard and start is not None and first < 0), started
-  assert all(t < min(readings) for t in started), started
+  assert all(t < (min(readings) if then < 0 else 2) for t in started), started
   if guard:
     assert want > ceiling and clipped[0] > min(readings)
 

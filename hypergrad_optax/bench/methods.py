@@ -9,6 +9,7 @@ defaults, and ``β`` defaults to the paper's value per family.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -339,40 +340,37 @@ def _register_defaults():
              f"hypergradient(base(α0), horizon={horizon}): the discounted "
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
-  register("hypergradient_start", "hd",
-           lambda a, base: hgo.hypergradient(
-               base(a), noise_gate=hgo.rules.NoiseGate(
-                   start_log_step=hgo.rules.NOISE_GATE_START_LOG_STEP)),
-           "hypergradient(base(α0), noise_gate=rules.NoiseGate("
-           "start_log_step=0.1)): the gate's log step twice as long until the "
-           "guard's first reading or the gate's first ask for a lower rate "
-           "(opt-in, 0.12.0)", groups=("horizon",))
   # Past defaults: (version, the options that give it back, those options
   # as written in the description, what it was).
-  gate = hgo.rules.NoiseGate
+  # Each past gate also needs start_log_step=None (the default since 0.13.0).
+  gate = functools.partial(hgo.rules.NoiseGate, start_log_step=None)
   past = (
+      ("0120", dict(noise_gate=gate()),
+       "noise_gate=rules.NoiseGate(start_log_step=None)",
+       "the 0.11.0 and 0.12.0 default, without the start's longer log step"),
       ("0100", dict(noise_gate=gate(recovery=None)),
-       "noise_gate=rules.NoiseGate(recovery=None)",
+       "noise_gate=rules.NoiseGate(recovery=None, start_log_step=None)",
        "the 0.10.0 default, without the gate's recovery after the guard's "
        "cuts"),
       ("090", dict(noise_gate=gate(soft_ceiling=False, recovery=None)),
-       "noise_gate=rules.NoiseGate(soft_ceiling=False, recovery=None)",
+       "noise_gate=rules.NoiseGate(soft_ceiling=False, recovery=None, "
+       "start_log_step=None)",
        "the 0.9.0 default, the log step's ceiling at the rate that "
        "overshot"),
       ("080", dict(overshoot_guard="secant",
                    noise_gate=gate(soft_ceiling=False, recovery=None)),
        "overshoot_guard='secant', noise_gate=rules.NoiseGate("
-       "soft_ceiling=False, recovery=None)",
+       "soft_ceiling=False, recovery=None, start_log_step=None)",
        "the 0.8.0 default, the guard's secant cap"),
       ("070", dict(overshoot_guard="secant",
                    noise_gate=gate(log_step=None, recovery=None)),
        "overshoot_guard='secant', noise_gate=rules.NoiseGate(log_step=None, "
-       "recovery=None)",
+       "recovery=None, start_log_step=None)",
        "the 0.7.0 default, without the gate's log step"),
       ("060", dict(max_relative_step=0.3, overshoot_guard="secant",
                    noise_gate=gate(log_step=None, recovery=None)),
        "max_relative_step=0.3, overshoot_guard='secant', noise_gate="
-       "rules.NoiseGate(log_step=None, recovery=None)",
+       "rules.NoiseGate(log_step=None, recovery=None, start_log_step=None)",
        "the 0.5.0 and 0.6.0 default"),
       ("040", dict(noise_gate=None, max_relative_step=0.3,
                    overshoot_guard="secant"),
