@@ -333,9 +333,10 @@ NOISE_GATE_RECOVERY_STEP = 0.1
 # rate, TCP's slow start. Over the sweep (worst / median regret over
 # α0 = 1e-1 ... 1e-5; runs above 2x tuned Adam), against 0.12.0's default:
 # mlp-friedman (60 seeds) 1.26 / 1.00, 24 of 540, to 1.18 / 0.966, 15;
-# charlm (2 epochs) from 1e-5 1.44 to 1.18; mlp-wine (30) 0.994 / 0.992 to
-# 0.997 / 0.989; mlp-digits-long (60) 1.07 / 0.981, worst run 6.6x, to
-# 1.02 / 0.983, worst run 3.0x (3 of 540 above 2x, against 1).
+# charlm (2 epochs, 3 seeds) from 1e-5 1.43 to 1.17; mlp-wine (30)
+# 0.994 / 0.992 to 0.997 / 0.989; mlp-digits-long (60) 1.07 / 0.981,
+# worst run 6.6x, to 1.02 / 0.983, worst run 3.0x (3 of 540 above 2x,
+# against 1).
 # Ended only where the running mean asked for a lower rate (0.12.0's
 # opt-in), the climb on ReLU MLPs from a small α0 went on long after the
 # cosines had turned (the mean remembers ~100 steps of the climb): the
