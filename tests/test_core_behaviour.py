@@ -167,10 +167,14 @@ def test_default_horizon_rides_the_edge_of_stability():
 
 def test_plain_sgd_diverges_on_rosenbrock():
   # The case above is not trivial: the inner optimizer alone blows up, and
-  # so does the wrapper without its overshoot guard.
+  # so does the wrapper without its overshoot guard and the relative step
+  # bound. (Without the guard, the 0.7.0-0.13.0 bound of 10 % of the norm
+  # did not converge either; the default's 5 % alone, since 0.14.0, ends
+  # within 3 % of the minimum after 30,000 steps.)
   assert not np.all(np.isfinite(_optimise(optax.sgd(0.1), _rosenbrock,
                                           steps=100)))
-  unguarded = hgo.hypergradient(optax.sgd(0.1), overshoot_guard=False)
+  unguarded = hgo.hypergradient(optax.sgd(0.1), overshoot_guard=False,
+                                max_relative_step=None)
   params = _optimise(unguarded, _rosenbrock)
   assert not np.allclose(params, 1.0, rtol=3e-2, atol=3e-2)
 

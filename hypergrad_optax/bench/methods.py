@@ -341,31 +341,41 @@ def _register_defaults():
              "tangent over about that many steps (1: the one-step rule)",
              groups=("horizon",))
   # Past defaults: (version, the options that give it back, those options
-  # as written in the description, what it was).
-  # Each past gate also needs start_log_step=None (the default since 0.13.0).
+  # as written in the description, what it was). Those from 0.7.0 to 0.13.0
+  # also need max_relative_step=0.1 (0.05 since 0.14.0), and those before
+  # 0.13.0 start_log_step=None (the default since 0.13.0).
   gate = functools.partial(hgo.rules.NoiseGate, start_log_step=None)
+  kappa = dict(max_relative_step=0.1)
   past = (
-      ("0120", dict(noise_gate=gate()),
-       "noise_gate=rules.NoiseGate(start_log_step=None)",
+      ("0130", dict(kappa),
+       "max_relative_step=0.1",
+       "the 0.13.0 default, the relative step bound at 10 % of the norm"),
+      ("0120", dict(kappa, noise_gate=gate()),
+       "max_relative_step=0.1, noise_gate=rules.NoiseGate("
+       "start_log_step=None)",
        "the 0.11.0 and 0.12.0 default, without the start's longer log step"),
-      ("0100", dict(noise_gate=gate(recovery=None)),
-       "noise_gate=rules.NoiseGate(recovery=None, start_log_step=None)",
+      ("0100", dict(kappa, noise_gate=gate(recovery=None)),
+       "max_relative_step=0.1, noise_gate=rules.NoiseGate(recovery=None, "
+       "start_log_step=None)",
        "the 0.10.0 default, without the gate's recovery after the guard's "
        "cuts"),
-      ("090", dict(noise_gate=gate(soft_ceiling=False, recovery=None)),
-       "noise_gate=rules.NoiseGate(soft_ceiling=False, recovery=None, "
-       "start_log_step=None)",
+      ("090", dict(kappa, noise_gate=gate(soft_ceiling=False,
+                                          recovery=None)),
+       "max_relative_step=0.1, noise_gate=rules.NoiseGate("
+       "soft_ceiling=False, recovery=None, start_log_step=None)",
        "the 0.9.0 default, the log step's ceiling at the rate that "
        "overshot"),
-      ("080", dict(overshoot_guard="secant",
+      ("080", dict(kappa, overshoot_guard="secant",
                    noise_gate=gate(soft_ceiling=False, recovery=None)),
-       "overshoot_guard='secant', noise_gate=rules.NoiseGate("
-       "soft_ceiling=False, recovery=None, start_log_step=None)",
+       "max_relative_step=0.1, overshoot_guard='secant', "
+       "noise_gate=rules.NoiseGate(soft_ceiling=False, recovery=None, "
+       "start_log_step=None)",
        "the 0.8.0 default, the guard's secant cap"),
-      ("070", dict(overshoot_guard="secant",
+      ("070", dict(kappa, overshoot_guard="secant",
                    noise_gate=gate(log_step=None, recovery=None)),
-       "overshoot_guard='secant', noise_gate=rules.NoiseGate(log_step=None, "
-       "recovery=None, start_log_step=None)",
+       "max_relative_step=0.1, overshoot_guard='secant', "
+       "noise_gate=rules.NoiseGate(log_step=None, recovery=None, "
+       "start_log_step=None)",
        "the 0.7.0 default, without the gate's log step"),
       ("060", dict(max_relative_step=0.3, overshoot_guard="secant",
                    noise_gate=gate(log_step=None, recovery=None)),
