@@ -9,6 +9,7 @@ from hypergrad_optax._aliases import adam_hd
 from hypergrad_optax._aliases import adamw_hd
 from hypergrad_optax._aliases import sgd_hd
 from hypergrad_optax._core import HypergradientState
+from hypergrad_optax._core import RelativeStepBound
 from hypergrad_optax._core import ScaleByHypergradientState
 from hypergrad_optax._hyperparams import AdaptHyperparamsState
 from hypergrad_optax._hyperparams import adapt_hyperparams
@@ -18,11 +19,12 @@ from hypergrad_optax._logging import diagnose
 from hypergrad_optax._logging import get_learning_rate
 from hypergrad_optax._wrapper import hypergradient
 
-__version__ = "0.14.0"
+__version__ = "0.15.0"
 
 __all__ = (
     "AdaptHyperparamsState",
     "HypergradientState",
+    "RelativeStepBound",
     "ScaleByHypergradientState",
     "adam_hd",
     "adamw_hd",

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from hypergrad_optax import rules as _rules
@@ -199,6 +200,71 @@ def rate_signals(
       previous_grad_norm=previous_grad_norm,
       step_hypergradient=dot("step_hypergradient") if longer else None,
       step_direction_norm=norm("step_direction_norm") if longer else None)
+
+
+class RelativeStepBound(NamedTuple):
+  r"""The relative step bound's two levels: ``max_relative_step=...``.
+
+  Each step's factor is capped so that the step moves the parameters by at
+  most a fraction of their norm (see :func:`hypergradient`); the fraction
+  is ``rising`` on a step where the rule raises the factor (the rule's new
+  factor above the stored one: its evidence asks for longer steps) and
+  ``limit`` on every other step:
+
+  .. math::
+    s_t \le \kappa_t \|\theta_{t-1}\| / \|\tilde u_t\|, \qquad
+    \kappa_t = \begin{cases} \kappa_\uparrow & s'_t > s_{t-1} \\
+    \kappa & \text{otherwise,} \end{cases}
+
+  :math:`s'_t` the rule's factor before the cap. A far-too-large start,
+  whose factor the rule does not raise, is held at ``limit``; a norm that
+  grows from near zero (zero-initialised weights), or a short run whose
+  tuned first steps are large, climbs at up to ``rising`` per step. A
+  number ``κ`` passed as ``max_relative_step`` means one level,
+  ``RelativeStepBound(κ, κ)``; a pair ``(κ, κ↑)`` means this.
+
+  Attributes:
+    limit: :math:`\kappa`, the fraction on a step where the rule does not
+      raise the factor.
+    rising: :math:`\kappa_\uparrow \ge \kappa`, the fraction on a step
+      where it does.
+
+  Example:
+    >>> import optax, hypergrad_optax as hgo
+    >>> tx = hgo.hypergradient(
+    ...     optax.adam(1e-3),
+    ...     max_relative_step=hgo.RelativeStepBound(limit=0.05, rising=0.2))
+  """
+  limit: float
+  rising: float
+
+
+def relative_step_bound(value: Any) -> Optional[RelativeStepBound]:
+  """``max_relative_step`` (None, a number or a pair), checked, as a
+  :class:`RelativeStepBound` (or None)."""
+  if value is None:
+    return None
+  if isinstance(value, (tuple, list)):
+    if len(value) != 2:
+      raise ValueError(
+          "max_relative_step must be None, a number κ > 0 or a pair "
+          f"(κ, κ_rising) (a RelativeStepBound); got {value!r}.")
+    bound = RelativeStepBound(*value)
+  else:
+    bound = RelativeStepBound(value, value)
+  for name, x in (("max_relative_step", bound.limit),
+                  ("max_relative_step's rising level", bound.rising)):
+    if (isinstance(x, bool)
+        or not isinstance(x, (int, float, np.ndarray, jax.Array))):
+      raise TypeError(f"{name} must be a number; got {x!r}.")
+    _validation.check_positive(name, x)
+  limit, rising = (_validation.concrete_float(x) for x in bound)
+  if limit is not None and rising is not None and rising < limit:
+    raise ValueError(
+        "max_relative_step's rising level must be at least its limit (a "
+        "rising factor may move further, not less far); got "
+        f"{value!r}.")
+  return bound
 
 
 def relative_step_limit(params: optax.Params, direction: optax.Updates,
@@ -495,8 +561,10 @@ def hypergradient_descent(
       step overshot and the tangent restarts from the new direction: the
       history before it no longer says how the rate should move (None:
       never).
-    max_relative_step: caps the rate of each step at
-      :func:`relative_step_limit` of this ratio (None: no cap), where the
+    max_relative_step: a :class:`RelativeStepBound` (see
+      :func:`relative_step_bound`): caps the rate of each step at
+      :func:`relative_step_limit` of its ``rising`` ratio where the rule
+      raised the rate, of its ``limit`` elsewhere (None: no cap), where the
       parameters are given and the granularity is global or per tensor.
     bound_active: a boolean (possibly traced: ``β > 0``) that switches that
       cap on.
@@ -585,9 +653,13 @@ def hypergradient_descent(
           updates, inner_state, params, **extra_args)
     if (max_relative_step is not None and params is not None
         and granularity != "per-element"):
-      limit = relative_step_limit(params, new_direction, max_relative_step,
+      limit = relative_step_limit(params, new_direction, 1.0,
                                   granularity=granularity, dtype=dtype,
                                   axis_name=axis_name)
+      kappa, rising = max_relative_step
+      limit = jax.tree.map(
+          lambda m, new, old: m * jnp.where(new > old, rising, kappa).astype(
+              m.dtype), limit, next_rate, old_rate)
       if min_rate is not None:  # the user's floor wins
         limit = jax.tree.map(lambda m: jnp.maximum(m, min_rate), limit)
 

@@ -35,6 +35,11 @@ OPTIMIZERS = {
     "wrap-sgd-additive-per-tensor": lambda **kw: hgo.hypergradient(
         optax.sgd(0.2), hyper_lr=1.0, rule="additive",
         granularity="per-tensor", **kw),
+    # A two-level bound that holds most steps (of the norm summed over
+    # the shards).
+    "wrap-sgd-per-tensor-bound": lambda **kw: hgo.hypergradient(
+        optax.sgd(0.2), granularity="per-tensor",
+        max_relative_step=(0.01, 0.02), **kw),
     "wrap-sgd-per-element": lambda **kw: hgo.hypergradient(
         optax.sgd(0.2), granularity="per-element", **kw),
     "wrap-sgd-per-element-gate-0.7.0": lambda **kw: hgo.hypergradient(

@@ -67,6 +67,9 @@ OPTIMIZERS = [
     pytest.param(lambda: hgo.hypergradient(
         optax.sgd(0.1), noise_gate=hgo.rules.NoiseGate(start_log_step=None)),
                  id="wrap-sgd-0.12.0"),
+    pytest.param(lambda: hgo.hypergradient(
+        optax.sgd(0.1), granularity="per-tensor",
+        max_relative_step=(0.01, 0.02)), id="wrap-sgd-per-tensor-bound"),
     pytest.param(lambda: hgo.sgd_hd(0.1, 1e-2, momentum=0.9, nesterov=True,
                                     granularity="per-tensor"),
                  id="sgdn_hd-per-tensor"),

@@ -45,6 +45,9 @@ _OPTIMIZERS = [
     pytest.param(lambda: hgo.hypergradient(optax.sgd(0.1)), id="wrap-sgd"),
     pytest.param(lambda: hgo.hypergradient(optax.adam(0.1)), id="wrap-adam",
                  marks=_ADAM),
+    pytest.param(lambda: hgo.hypergradient(
+        optax.sgd(0.1), max_relative_step=(0.01, 0.02)),
+                 id="wrap-sgd-two-level-bound"),
     pytest.param(lambda: hgo.sgd_hd(0.05, 1e-3), id="sgd_hd"),
     pytest.param(lambda: hgo.sgd_hd(0.05, 1e-3, momentum=0.9), id="sgdm_hd"),
     pytest.param(lambda: hgo.adam_hd(0.05, 1e-3, weight_decay=0.01),

@@ -24,16 +24,17 @@ def _grad(theta):
   return {k: _CURVATURE[k] * (theta[k] - _TARGET[k]) for k in theta}
 
 
-def _reference(lr, beta, kappa, granularity, steps):
+def _reference(lr, beta, kappa, granularity, steps, rising=None):
   """sgd(lr) wrapped, multiplicative one-step rule, no guard, in numpy: the
   rule's factor, then s_t = min(s_t, κ ‖θ_{t-1}‖ / ‖ũ_t‖) (all leaves
-  together, or per leaf)."""
+  together, or per leaf), κ = ``rising`` where the rule's factor is above
+  the last step's (when given)."""
   keys = list(_THETA0)
   theta = {k: v.copy() for k, v in _THETA0.items()}
   groups = [keys] if granularity == "global" else [[k] for k in keys]
   scale = {k: 1.0 for k in keys}
   previous = None
-  history, bounded = [], []
+  history, bounded, raised = [], [], []
   norm = lambda tree, ks: np.sqrt(sum(np.sum(tree[k] ** 2) for k in ks))  # pylint: disable=unnecessary-lambda-assignment
   for _ in range(steps):
     g = _grad(theta)
@@ -43,28 +44,21 @@ def _reference(lr, beta, kappa, granularity, steps):
       if previous is not None:
         h = sum(np.dot(g[k], previous[k]) for k in ks)
         s = s * (1 - beta * h / (norm(g, ks) * norm(previous, ks)))
-      limit = kappa * norm(theta, ks) / norm(u, ks)
+      up = rising is not None and s > scale[ks[0]]
+      limit = (rising if up else kappa) * norm(theta, ks) / norm(u, ks)
       bounded.append(s > limit)
+      raised.append(up)
       for k in ks:
         scale[k] = min(s, limit)
     theta = {k: theta[k] + scale[k] * u[k] for k in keys}
     previous = u
     history.append(({k: v.copy() for k, v in theta.items()}, dict(scale)))
-  return history, bounded
+  return history, bounded, raised
 
 
-@pytest.mark.parametrize("granularity", ["global", "per-tensor"])
-def test_relative_step_bound_by_hand(x64, granularity):
-  """lr = 1: the first steps would move θ by several times its norm; the
-  bound holds them at κ = 0.3 of it, then lets the rule's factor through."""
-  del x64
-  lr, beta, kappa = 1.0, 0.2, 0.3
-  tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=1,
-                         overshoot_guard=False, granularity=granularity,
-                         max_relative_step=kappa)
+def _assert_follows(tx, history, granularity):
   theta = jax.tree.map(jnp.asarray, _THETA0)
   state = tx.init(theta)
-  history, bounded = _reference(lr, beta, kappa, granularity, 8)
   for ref_theta, ref_scale in history:
     updates, state = tx.update(
         jax.tree.map(jnp.asarray, _grad(jax.tree.map(np.asarray, theta))),
@@ -76,8 +70,38 @@ def test_relative_step_bound_by_hand(x64, granularity):
               else {k: state.scale for k in ref_scale})
     for k, s in ref_scale.items():
       np.testing.assert_allclose(scales[k], s, rtol=1e-12)
+
+
+@pytest.mark.parametrize("granularity", ["global", "per-tensor"])
+def test_relative_step_bound_by_hand(x64, granularity):
+  """lr = 1: the first steps would move θ by several times its norm; the
+  bound holds them at κ = 0.3 of it, then lets the rule's factor through."""
+  del x64
+  lr, beta, kappa = 1.0, 0.2, 0.3
+  tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=1,
+                         overshoot_guard=False, granularity=granularity,
+                         max_relative_step=kappa)
+  history, bounded, _ = _reference(lr, beta, kappa, granularity, 8)
+  _assert_follows(tx, history, granularity)
   # Both regimes occur: factors held at the bound, and factors below it.
   assert any(bounded) and not all(bounded), bounded
+
+
+@pytest.mark.parametrize("granularity", ["global", "per-tensor"])
+def test_two_level_bound_by_hand(x64, granularity):
+  """(κ, κ↑) = (0.05, 0.1) from sgd(1): the bound holds both the steps where
+  the rule lowers the factor (at 5 % of ‖θ‖) and those where it raises it
+  (at 10 %)."""
+  del x64
+  lr, beta, bound = 1.0, 0.2, hgo.RelativeStepBound(limit=0.05, rising=0.1)
+  tx = hgo.hypergradient(optax.sgd(lr), beta, horizon=1,
+                         overshoot_guard=False, granularity=granularity,
+                         max_relative_step=bound)
+  history, bounded, raised = _reference(lr, beta, bound.limit, granularity,
+                                        12, rising=bound.rising)
+  _assert_follows(tx, history, granularity)
+  held = [(b, r) for b, r in zip(bounded, raised) if b]
+  assert (True, True) in held and (True, False) in held, (bounded, raised)
 
 
 def test_no_bound_per_element_or_without_params():
@@ -121,9 +145,70 @@ def test_min_scale_wins_over_the_bound(x64):
 
 
 def test_max_relative_step_validation():
-  for bad in (0.0, -1.0, float("inf")):
+  for bad in (0.0, -1.0, float("inf"), (0.05, 0.0), (0.1, float("nan")),
+              (0.05,), (0.05, 0.1, 0.2)):
     with pytest.raises(ValueError, match="max_relative_step"):
       hgo.hypergradient(optax.sgd(0.1), max_relative_step=bad)
+  with pytest.raises(ValueError, match="rising level must be at least"):
+    hgo.hypergradient(optax.sgd(0.1), max_relative_step=(0.1, 0.05))
+  for bad in ("0.05", True, (0.05, None)):
+    with pytest.raises(TypeError, match="must be a number"):
+      hgo.hypergradient(optax.sgd(0.1), max_relative_step=bad)
+
+
+def test_a_number_is_one_level_and_a_pair_is_two(x64):
+  """``κ`` is ``(κ, κ)`` bit for bit; a list works like the pair."""
+  del x64
+  def run(bound):
+    tx = hgo.hypergradient(optax.sgd(1.0), 0.2, max_relative_step=bound)
+    theta = jax.tree.map(jnp.asarray, _THETA0)
+    state = tx.init(theta)
+    for _ in range(6):
+      updates, state = tx.update(
+          jax.tree.map(jnp.asarray, _grad(jax.tree.map(np.asarray, theta))),
+          state, theta)
+      theta = optax.apply_updates(theta, updates)
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(theta)])
+
+  np.testing.assert_array_equal(run(0.05), run((0.05, 0.05)))
+  np.testing.assert_array_equal(run([0.05, 0.1]),
+                                run(hgo.RelativeStepBound(0.05, 0.1)))
+  assert not np.array_equal(run(0.05), run((0.05, 0.1)))
+
+
+def _regression_from_zeros(tx, steps=100):
+  """Least squares on 256 Gaussian examples of 20 features, from w = 0 (the
+  minimiser's norm is 4.3): the final loss."""
+  features = jax.random.normal(jax.random.key(0), (256, 20))
+  labels = features @ jax.random.normal(jax.random.key(1), (20,))
+  loss = lambda w: jnp.mean((features @ w - labels) ** 2)  # pylint: disable=unnecessary-lambda-assignment
+
+  def step(carry, _):
+    w, state = carry
+    updates, state = tx.update(jax.grad(loss)(w), state, w)
+    return (optax.apply_updates(w, updates), state), None
+
+  w = jnp.zeros(20)
+  (w, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, length=steps))(
+      (w, tx.init(w)))
+  return float(loss(w)), float(loss(jnp.zeros(20)))
+
+
+@_ADAM
+def test_weights_from_zero_grow_at_the_rising_level():
+  """From zero weights the rule raises the factor while the norm grows, so
+  the default's two levels let the norm grow by 10 % a step, as the one
+  level of 0.1 does (the same run here), where 0.14.0's 5 % held it back:
+  from adam(1e-3), 100 steps, 0.44 against 15.7 (the loss at zero: 19)."""
+  default, initial = _regression_from_zeros(hgo.hypergradient(
+      optax.adam(1e-3)))
+  one_level_10, _ = _regression_from_zeros(hgo.hypergradient(
+      optax.adam(1e-3), max_relative_step=0.1))
+  one_level_5, _ = _regression_from_zeros(hgo.hypergradient(
+      optax.adam(1e-3), max_relative_step=0.05))
+  assert default < 0.05 * initial, (default, initial)
+  assert default == one_level_10, (default, one_level_10)
+  assert one_level_5 > 10 * default, (one_level_5, default)
 
 
 # ------------------------------------ a far-too-large start that diverged

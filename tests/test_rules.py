@@ -309,7 +309,8 @@ _BV = np.array([1.0, -1.0, 0.5])
 _THETA0 = np.array([0.3, -0.2, 1.1])
 
 
-def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.05):
+def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.05,
+                       rising=0.1):
   """The wrapper over optax.sgd(lr) on ½θᵀdiag(a)θ - bᵀθ, in numpy.
 
   The rate's hypergradient is taken along Z. With the guard, where the last
@@ -318,13 +319,15 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.05):
   the rate is capped at s A / (A + g·u - 3A) (the soft cap; ``guard`` =
   'secant': s A / (A + g·u)) when g·u > 3 A, A = ‖g_prev‖ ‖u‖, and Z's
   cosine exceeds 0.03. Then (``kappa`` not None) the relative step
-  bound: s ≤ κ ‖θ‖ / ‖u_new‖.
+  bound: s ≤ κ ‖θ‖ / ‖u_new‖, κ = ``rising`` where the rule (the cap
+  included) raised s.
   Returns the per-step (θ, s, Z, u) and how often each guard part (and the
   bound) acted.
   """
   theta, s, z, u, g_prev = _THETA0, 1.0, np.zeros(3), np.zeros(3), 0.0
   history = []
-  acted = {"capped": 0, "followed": 0, "restarted": 0, "bounded": 0}
+  acted = {"capped": 0, "followed": 0, "restarted": 0, "bounded": 0,
+           "bounded_rising": 0}
   cos = lambda h, a, b: h / (a * b) if a * b > 0 else 0.0  # pylint: disable=unnecessary-lambda-assignment
   for t in range(1, steps + 1):
     # 'run': H_t = 2t at the t-th update.
@@ -347,10 +350,13 @@ def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.05):
       new_s = min(new_s, s * bound / (bound + excess))
       acted["capped"] += 1
     u = -lr * g
-    if kappa is not None and new_s > kappa * np.linalg.norm(theta) / (
+    raised = new_s > s
+    level = rising if raised else kappa
+    if kappa is not None and new_s > level * np.linalg.norm(theta) / (
         np.linalg.norm(u)):
-      new_s = kappa * np.linalg.norm(theta) / np.linalg.norm(u)
+      new_s = level * np.linalg.norm(theta) / np.linalg.norm(u)
       acted["bounded"] += 1
+      acted["bounded_rising"] += raised
     z = (0.0 if restart else mu * min(s / new_s, 1.0)) * z + u
     acted["restarted"] += restart
     s, g_prev = new_s, np.linalg.norm(g)
@@ -379,7 +385,7 @@ def _check_against(tx, history, *, last_update=True):
 def test_horizon_tangent_by_hand(x64, rule, horizon):
   """Z_t = μ_t min(s_{t-1}/s_t, 1) Z_{t-1} + ũ_t, μ_t = 1 - 1/H (1 - 1/(2t)
   for 'run'); h_t = g_t·Z_{t-1}; s_t ≤ 0.05 ‖θ_{t-1}‖ / ‖ũ_t‖ (the default
-  relative step bound)."""
+  relative step bound; 0.1 where the rule raised s)."""
   del x64
   # lr·max(a) = 1.8: the stiff coordinate overshoots (the scale falls) while
   # the soft ones lag (it rises).
@@ -389,6 +395,8 @@ def test_horizon_tangent_by_hand(x64, rule, horizon):
   history, acted = _horizon_reference(lr, beta, rule, horizon, False, 8)
   _check_against(tx, history)
   assert acted["bounded"] >= 1, acted  # the relative step bound, too
+  if rule == "additive":  # at both its levels
+    assert 1 <= acted["bounded_rising"] < acted["bounded"], acted
   # The tangent is not the last update: the horizon acts; and the scale both
   # rose (the ratio's cap at 1 acts) and fell (it does not) along the way.
   _, _, z, u = history[-1]
