@@ -19,7 +19,7 @@ from hypergrad_optax._logging import diagnose
 from hypergrad_optax._logging import get_learning_rate
 from hypergrad_optax._wrapper import hypergradient
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 
 __all__ = (
     "AdaptHyperparamsState",

@@ -198,17 +198,18 @@ def _regression_from_zeros(tx, steps=100):
 def test_weights_from_zero_grow_at_the_rising_level():
   """From zero weights the rule raises the factor while the norm grows, so
   the default's two levels let the norm grow by 10 % a step, as the one
-  level of 0.1 does (the same run here), where 0.14.0's 5 % held it back:
-  from adam(1e-3), 100 steps, 0.44 against 15.7 (the loss at zero: 19)."""
+  level of 0.1 does, where one level at the default's 3 % (or 0.14.0's 5 %)
+  holds it back: from adam(1e-3), 100 steps, 0.39 (0.1: 0.44) against 19.2
+  (0.05: 15.7; the loss at zero: 19.8)."""
   default, initial = _regression_from_zeros(hgo.hypergradient(
       optax.adam(1e-3)))
   one_level_10, _ = _regression_from_zeros(hgo.hypergradient(
       optax.adam(1e-3), max_relative_step=0.1))
-  one_level_5, _ = _regression_from_zeros(hgo.hypergradient(
-      optax.adam(1e-3), max_relative_step=0.05))
+  one_level_3, _ = _regression_from_zeros(hgo.hypergradient(
+      optax.adam(1e-3), max_relative_step=0.03))
   assert default < 0.05 * initial, (default, initial)
-  assert default == one_level_10, (default, one_level_10)
-  assert one_level_5 > 10 * default, (one_level_5, default)
+  assert default < 1.5 * one_level_10, (default, one_level_10)
+  assert one_level_3 > 10 * default, (one_level_3, default)
 
 
 # ------------------------------------ a far-too-large start that diverged

@@ -309,7 +309,7 @@ _BV = np.array([1.0, -1.0, 0.5])
 _THETA0 = np.array([0.3, -0.2, 1.1])
 
 
-def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.05,
+def _horizon_reference(lr, beta, rule, horizon, guard, steps, kappa=0.03,
                        rising=0.1):
   """The wrapper over optax.sgd(lr) on ½θᵀdiag(a)θ - bᵀθ, in numpy.
 
@@ -384,7 +384,7 @@ def _check_against(tx, history, *, last_update=True):
 @pytest.mark.parametrize("horizon", [2, 10, "run"])
 def test_horizon_tangent_by_hand(x64, rule, horizon):
   """Z_t = μ_t min(s_{t-1}/s_t, 1) Z_{t-1} + ũ_t, μ_t = 1 - 1/H (1 - 1/(2t)
-  for 'run'); h_t = g_t·Z_{t-1}; s_t ≤ 0.05 ‖θ_{t-1}‖ / ‖ũ_t‖ (the default
+  for 'run'); h_t = g_t·Z_{t-1}; s_t ≤ 0.03 ‖θ_{t-1}‖ / ‖ũ_t‖ (the default
   relative step bound; 0.1 where the rule raised s)."""
   del x64
   # lr·max(a) = 1.8: the stiff coordinate overshoots (the scale falls) while

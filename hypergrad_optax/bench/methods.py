@@ -342,12 +342,16 @@ def _register_defaults():
              groups=("horizon",))
   # Past defaults: (version, the options that give it back, those options
   # as written in the description, what it was). Those from 0.7.0 to 0.13.0
-  # also need max_relative_step=0.1 (0.05 in 0.14.0, (0.05, 0.1) since
-  # 0.15.0), and those before 0.13.0 start_log_step=None (the default since
-  # 0.13.0).
+  # also need max_relative_step=0.1 (0.05 in 0.14.0, (0.05, 0.1) in 0.15.0,
+  # (0.03, 0.1) since 0.16.0), and those before 0.13.0 start_log_step=None
+  # (the default since 0.13.0).
   gate = functools.partial(hgo.rules.NoiseGate, start_log_step=None)
   kappa = dict(max_relative_step=0.1)
   past = (
+      ("0150", dict(max_relative_step=(0.05, 0.1)),
+       "max_relative_step=(0.05, 0.1)",
+       "the 0.15.0 default, the relative step bound at 5 % of the norm, 10 % "
+       "on a step where the rule raises the factor"),
       ("0140", dict(max_relative_step=0.05),
        "max_relative_step=0.05",
        "the 0.14.0 default, the relative step bound at 5 % of the norm on "
