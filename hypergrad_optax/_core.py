@@ -275,7 +275,9 @@ def relative_step_limit(params: optax.Params, direction: optax.Updates,
   .. math::
     r_{\max} = \kappa \, \|\theta_{t-1}\| / \|d_t\|,
 
-  global norms, or per tensor (a rate per tensor); ``inf`` where either norm
+  global norms, or per tensor (a rate per tensor); ``max_ratio`` is
+  :math:`\kappa`, shaped like the rate (one per factor: the bound's level
+  may differ from factor to factor); ``inf`` where either norm
   is zero or not finite (a zero-initialised tensor at the first step, a zero
   direction). Relative step sizes are what the trust ratios of LARS and LAMB
   (You et al., 2017, 2020) and Fromage (Bernstein et al., "On the distance
@@ -287,11 +289,12 @@ def relative_step_limit(params: optax.Params, direction: optax.Updates,
       "per-tensor", dtype)
   finish = lambda t: _tree.finish_sums(t, granularity, dtype, axis_name)  # pylint: disable=unnecessary-lambda-assignment
 
-  def leaf(p2, d2):
+  def leaf(kappa, p2, d2):
     ok = (p2 > 0) & (d2 > 0) & jnp.isfinite(p2) & jnp.isfinite(d2)
-    limit = max_ratio * jnp.sqrt(p2 / jnp.where(ok, d2, 1))
+    limit = kappa.astype(dtype) * jnp.sqrt(p2 / jnp.where(ok, d2, 1))
     return jnp.where(ok, limit, jnp.inf).astype(dtype)
-  return jax.tree.map(leaf, finish(param_sq), finish(direction_sq))
+  return jax.tree.map(leaf, max_ratio, finish(param_sq),
+                      finish(direction_sq))
 
 
 def _ordered_after(rate: Rate, tree: optax.Updates,
@@ -653,13 +656,12 @@ def hypergradient_descent(
           updates, inner_state, params, **extra_args)
     if (max_relative_step is not None and params is not None
         and granularity != "per-element"):
-      limit = relative_step_limit(params, new_direction, 1.0,
+      kappa, rising = max_relative_step
+      level = jax.tree.map(lambda new, old: jnp.where(new > old, rising, kappa),
+                           next_rate, old_rate)
+      limit = relative_step_limit(params, new_direction, level,
                                   granularity=granularity, dtype=dtype,
                                   axis_name=axis_name)
-      kappa, rising = max_relative_step
-      limit = jax.tree.map(
-          lambda m, new, old: m * jnp.where(new > old, rising, kappa).astype(
-              m.dtype), limit, next_rate, old_rate)
       if min_rate is not None:  # the user's floor wins
         limit = jax.tree.map(lambda m: jnp.maximum(m, min_rate), limit)
 
